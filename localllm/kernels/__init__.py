@@ -1,0 +1,1 @@
+"""Numba kernels: quantized linear algebra (quantized.py) and transformer ops (ops.py)."""
