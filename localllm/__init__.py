@@ -4,6 +4,7 @@
     llm = localllm.load("model.gguf")
     print(llm.generate("The capital of France is", max_tokens=16))
 """
+from . import _runtime  # noqa: F401  (thread-pool settings, before numba loads)
 from .errors import LocalLLMError
 
 __version__ = "0.1.0"

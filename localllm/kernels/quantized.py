@@ -12,6 +12,8 @@ from numba import njit, prange
 from ..quants.floats import dequantize_row_bf16, dequantize_row_f16, dequantize_row_f32
 from ..quants.legacy import (dequantize_row_q4_0, dequantize_row_q4_1, dequantize_row_q5_0,
                              dequantize_row_q5_1, dequantize_row_q8_0)
+from ..quants.kquants import (dequantize_row_q2_k, dequantize_row_q3_k, dequantize_row_q4_k,
+                              dequantize_row_q5_k, dequantize_row_q6_k)
 
 ROWS_PER_TASK = 16  # rows one thread handles per step: enough work to amortise the row buffer
 
@@ -35,6 +37,16 @@ def dequantize_row_any(type_id, raw, out):
         dequantize_row_q5_1(raw, out)
     elif type_id == 8:
         dequantize_row_q8_0(raw, out)
+    elif type_id == 10:
+        dequantize_row_q2_k(raw, out)
+    elif type_id == 11:
+        dequantize_row_q3_k(raw, out)
+    elif type_id == 12:
+        dequantize_row_q4_k(raw, out)
+    elif type_id == 13:
+        dequantize_row_q5_k(raw, out)
+    elif type_id == 14:
+        dequantize_row_q6_k(raw, out)
     else:
         raise ValueError("ggml type has no kernel")
 

@@ -69,5 +69,5 @@ _loaded = False
 def _load_all() -> None:
     global _loaded
     if not _loaded:
-        from . import floats, legacy  # noqa: F401  (each registers its formats)
+        from . import floats, kquants, legacy  # noqa: F401  (each registers its formats)
         _loaded = True

@@ -1,0 +1,120 @@
+"""Transformer ops in Numba, each with a NumPy reference in tests/test_ops.py.
+
+Shapes: T tokens in the batch, H heads, hd head size, D model width.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def rmsnorm(x, w, eps, out):
+    """out (N, D) = x (N, D) / rms(x) * w (D,). Sum of squares in float64, as ggml does."""
+    n, d = x.shape
+    for i in prange(n):
+        ss = 0.0
+        for j in range(d):
+            ss += np.float64(x[i, j]) * np.float64(x[i, j])
+        scale = np.float32(1.0 / math.sqrt(ss / d + eps))
+        for j in range(d):
+            out[i, j] = x[i, j] * scale * w[j]
+
+
+@njit(cache=True)
+def rope_tables(n_pos, n_rot, base, freq_factors, scale):
+    """cos, sin (n_pos, n_rot // 2) for positions 0..n_pos-1: angle p * scale * base^(-2i/n_rot) / factor_i."""
+    half = n_rot // 2
+    cos = np.empty((n_pos, half), np.float32)
+    sin = np.empty((n_pos, half), np.float32)
+    for i in range(half):
+        inv = base ** (-2.0 * i / n_rot) / freq_factors[i]
+        for p in range(n_pos):
+            a = p * scale * inv
+            cos[p, i] = math.cos(a)
+            sin[p, i] = math.sin(a)
+    return cos, sin
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def rope(x, pos0, cos, sin, neox):
+    """Rotate x (T, H, hd) in place for positions pos0..pos0+T-1 over its first n_rot = 2*cos.shape[1] dims.
+
+    neox=False pairs (2i, 2i+1) (llama.cpp's NORM mode); neox=True pairs (i, i + n_rot/2).
+    """
+    t_n, h_n = x.shape[0], x.shape[1]
+    half = cos.shape[1]
+    for th in prange(t_n * h_n):
+        t, h = th // h_n, th % h_n
+        p = pos0 + t
+        for i in range(half):
+            if neox:
+                a, b = i, i + half
+            else:
+                a, b = 2 * i, 2 * i + 1
+            x0, x1 = x[t, h, a], x[t, h, b]
+            c, s = cos[p, i], sin[p, i]
+            x[t, h, a] = x0 * c - x1 * s
+            x[t, h, b] = x0 * s + x1 * c
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def attention(q, k_cache, v_cache, pos0, scale, window, out):
+    """Causal grouped-query attention of T new tokens at positions pos0.. over the cache.
+
+    q (T, Hq, hd); k_cache (Hkv, n_ctx, hd) and v_cache (Hkv, n_ctx, hd_v) already hold positions
+    0..pos0+T-1; out (T, Hq, hd_v). window > 0 limits each query to its last `window` positions.
+    """
+    t_n, hq_n, hd = q.shape
+    group = hq_n // k_cache.shape[0]
+    hd_v = v_cache.shape[2]
+    for th in prange(t_n * hq_n):
+        t, h = th // hq_n, th % hq_n
+        kvh = h // group
+        p = pos0 + t
+        start = 0 if window <= 0 else max(0, p - window + 1)
+        n = p + 1 - start
+        scores = np.empty(n, np.float32)  # (n,) this query's scores
+        best = -np.inf
+        for j in range(n):
+            acc = np.float32(0.0)
+            for d in range(hd):
+                acc += q[t, h, d] * k_cache[kvh, start + j, d]
+            acc *= scale
+            scores[j] = acc
+            best = max(best, acc)
+        total = np.float32(0.0)
+        for j in range(n):
+            e = np.float32(math.exp(scores[j] - best))
+            scores[j] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for d in range(hd_v):
+            out[t, h, d] = 0.0
+        for j in range(n):
+            wgt = scores[j] * inv
+            for d in range(hd_v):
+                out[t, h, d] += wgt * v_cache[kvh, start + j, d]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def silu_mul(gate, up, out):
+    """out (T, F) = silu(gate) * up."""
+    n, f = gate.shape
+    for i in prange(n):
+        for j in range(f):
+            g = gate[i, j]
+            out[i, j] = g / (np.float32(1.0) + np.exp(-g)) * up[i, j]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def gelu_tanh_mul(gate, up, out):
+    """out (T, F) = gelu_tanh(gate) * up (GELU with the tanh approximation, as ggml_gelu)."""
+    n, f = gate.shape
+    c = np.float32(math.sqrt(2.0 / math.pi))
+    for i in prange(n):
+        for j in range(f):
+            g = gate[i, j]
+            out[i, j] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * up[i, j]

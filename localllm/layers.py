@@ -1,0 +1,88 @@
+"""Weights as the model code sees them: quantized matrices that stay views of the mapped file."""
+from __future__ import annotations
+
+import numpy as np
+
+from .ggufio import TensorInfo
+from .kernels.quantized import dequantize_rows, gather_rows, matmul_small, matvec
+from .quants import get_format
+
+SMALL_BATCH = 8            # up to this many rows of activations: kernels straight on quantized rows
+DEQUANT_CHUNK = 1 << 24    # floats dequantized at a time for the BLAS path (64 MB)
+
+_scratch = np.empty(0, np.float32)
+
+
+def _scratch_f32(n: int) -> np.ndarray:
+    """A reusable float32 buffer of at least n elements (grown once, kept)."""
+    global _scratch
+    if _scratch.size < n:
+        _scratch = np.empty(n, np.float32)
+    return _scratch[:n]
+
+
+def raw_rows(t: TensorInfo) -> np.ndarray:
+    """The tensor as uint8 (n_rows, row_bytes) without copying."""
+    n_rows = int(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 1
+    return t.data.reshape(-1).view(np.uint8).reshape(n_rows, -1)
+
+
+class Linear:
+    """y = x @ W.T (+ b). W (n_out, n_in) in any registered format."""
+
+    def __init__(self, weight: TensorInfo, bias: TensorInfo | None = None):
+        fmt = get_format(weight.type_id, weight.name)
+        self.name = weight.name
+        self.type_id = fmt.type_id
+        self.n_out, self.n_in = weight.shape[0], weight.shape[-1]
+        if self.n_in % fmt.block_size:
+            from .errors import GGUFError
+            raise GGUFError(f"tensor {weight.name!r}: {self.n_in} columns is not a multiple of the "
+                            f"{fmt.name} block size {fmt.block_size}")
+        self.raw = raw_rows(weight)                       # uint8 (n_out, row_bytes)
+        self.bias = None if bias is None else np.asarray(bias.data, np.float32).reshape(-1)  # (n_out,)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """x float32 (T, n_in) -> (T, n_out)."""
+        t = x.shape[0]
+        if out is None:
+            out = np.empty((t, self.n_out), np.float32)
+        if t == 1:
+            matvec(self.type_id, self.raw, x[0], out[0])
+        elif t <= SMALL_BATCH:
+            matmul_small(self.type_id, self.raw, x, out)
+        else:
+            rows = max(1, min(self.n_out, DEQUANT_CHUNK // self.n_in))
+            for r0 in range(0, self.n_out, rows):
+                r1 = min(self.n_out, r0 + rows)
+                wf = _scratch_f32((r1 - r0) * self.n_in).reshape(r1 - r0, self.n_in)
+                dequantize_rows(self.type_id, self.raw[r0:r1], wf)
+                np.matmul(x, wf.T, out=out[:, r0:r1])
+        if self.bias is not None:
+            out += self.bias
+        return out
+
+
+class Embedding:
+    """Token embedding table (n_vocab, D), looked up row by row."""
+
+    def __init__(self, weight: TensorInfo):
+        fmt = get_format(weight.type_id, weight.name)
+        self.type_id = fmt.type_id
+        self.n_vocab, self.dim = weight.shape[0], weight.shape[-1]
+        self.raw = raw_rows(weight)                       # uint8 (n_vocab, row_bytes)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((len(ids), self.dim), np.float32)  # (T, D)
+        gather_rows(self.type_id, self.raw, np.asarray(ids, np.int64), out)
+        return out
+
+
+def vector(t: TensorInfo) -> np.ndarray:
+    """A small F32 tensor (norm weights, biases) as float32."""
+    if t.type_name == "F32":
+        return np.asarray(t.data, np.float32).reshape(-1)
+    fmt = get_format(t.type_id, t.name)
+    out = np.empty((1, t.n_elements), np.float32)
+    dequantize_rows(fmt.type_id, raw_rows(t).reshape(1, -1), out)
+    return out[0]
