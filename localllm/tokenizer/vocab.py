@@ -1,0 +1,236 @@
+"""The vocabulary as llama.cpp's llama-vocab.cpp reads it from GGUF metadata: token texts, attributes,
+special ids, end-of-generation ids, and the split of raw text around special tokens."""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LocalLLMError
+
+
+class UnsupportedTokenizerError(LocalLLMError):
+    """The GGUF's tokenizer model or pre-tokenizer is not one localllm implements."""
+
+
+class TokenAttr:
+    """llama.cpp's llama_token_attr bits (plain ints: enum.IntFlag is 10x slower over 262k tokens)."""
+    UNDEFINED = 0
+    UNKNOWN = 1 << 0
+    UNUSED = 1 << 1
+    NORMAL = 1 << 2
+    CONTROL = 1 << 3
+    USER_DEFINED = 1 << 4
+    BYTE = 1 << 5
+
+
+# tokenizer.ggml.token_type values -> attributes
+_TYPE_TO_ATTR = {1: TokenAttr.NORMAL, 2: TokenAttr.UNKNOWN, 3: TokenAttr.CONTROL,
+                 4: TokenAttr.USER_DEFINED, 5: TokenAttr.UNUSED, 6: TokenAttr.BYTE}
+
+# Token texts that llama.cpp treats as end of generation (and forces to CONTROL).
+EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+})
+# Texts llama.cpp recognises as special roles when the GGUF does not name their ids.
+_ROLE_TEXTS = {
+    "eot": ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+            "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>"),
+    "eom": ("<|eom_id|>",),
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+                "<|code_prefix|>", "<|prefix|>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+                "<|code_suffix|>", "<|suffix|>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+                "<|code_middle|>", "<|middle|>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "fim_sep": ("<|file_sep|>",),
+}
+# gpt-oss renders these even when special tokens are skipped.
+_ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+
+
+@dataclass
+class Vocab:
+    """Token table plus the flags that steer tokenization, resolved the way llama.cpp resolves them."""
+    model: str                          # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str                            # tokenizer.ggml.pre ("default" when absent)
+    tokens: list[str]
+    attrs: list[int]
+    scores: list[float]
+    token_to_id: dict[str, int]
+    merges: list[str]
+    bos_id: int | None
+    eos_id: int | None
+    unk_id: int | None
+    eot_id: int | None
+    eom_id: int | None
+    add_bos: bool
+    add_eos: bool
+    add_space_prefix: bool
+    eog_ids: frozenset[int]
+    special_ids: list[int] = field(default_factory=list)   # CONTROL/USER_DEFINED/UNKNOWN, longest text first
+    _special_regex: Any = None
+    _special_by_text: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "Vocab":
+        model = meta.get("tokenizer.ggml.model")
+        if model not in ("gpt2", "llama"):
+            raise UnsupportedTokenizerError(
+                f"tokenizer model {model!r} is not supported (localllm implements 'gpt2' byte-level BPE "
+                f"and 'llama' SentencePiece); use a GGUF with one of those tokenizers")
+        if "tokenizer.ggml.tokens" not in meta:
+            raise UnsupportedTokenizerError("the GGUF has no tokenizer.ggml.tokens; re-convert the model")
+        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(meta["tokenizer.ggml.tokens"])]
+        n = len(tokens)
+        types = meta.get("tokenizer.ggml.token_type")
+        attrs = ([_TYPE_TO_ATTR.get(t, TokenAttr.UNDEFINED) for t in types[:n].tolist()] if types is not None
+                 else [TokenAttr.NORMAL] * n)
+        raw_scores = meta.get("tokenizer.ggml.scores")
+        scores = raw_scores[:n].tolist() if raw_scores is not None else [0.0] * n
+        token_to_id = {t: i for i, t in enumerate(tokens)}
+
+        if model == "gpt2":
+            defaults = {"bos": 11, "eos": 11, "unk": None}
+            add_bos, add_eos, add_space_prefix = False, False, False
+            pre = meta.get("tokenizer.ggml.pre") or "default"
+            if pre in ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
+                       "lfm2", "jina-v5-nano", "tekken", "chameleon"):
+                add_bos = True
+            if "tokenizer.ggml.merges" not in meta:
+                raise UnsupportedTokenizerError("the GGUF's BPE tokenizer has no tokenizer.ggml.merges")
+            merges = list(meta["tokenizer.ggml.merges"])
+        else:
+            defaults = {"bos": 1, "eos": 2, "unk": 0}
+            add_bos, add_eos, add_space_prefix = True, False, True
+            pre = "default"
+            merges = []
+        add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", add_space_prefix))
+        add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos))
+        add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", add_eos))
+
+        def special(key: str, default: int | None) -> int | None:
+            value = meta.get(f"tokenizer.ggml.{key}_token_id")
+            if value is not None and 0 <= int(value) < n:
+                return int(value)
+            return default if default is not None and 0 <= default < n else None
+
+        ids = {role: special(role, defaults.get(role)) for role in ("bos", "eos", "unk", "eot", "eom")}
+        ids.update({role: special(role, None) for role in ("fim_pre", "fim_suf", "fim_mid", "fim_pad",
+                                                            "fim_rep", "fim_sep")})
+        # Auto-detect roles by text, forcing those tokens to CONTROL, as llama.cpp does.
+        for role, texts in _ROLE_TEXTS.items():
+            if ids[role] is None:
+                for text in texts:
+                    if text in token_to_id:
+                        ids[role] = token_to_id[text]
+                        attrs[ids[role]] |= TokenAttr.CONTROL
+                        break
+        for i, text in enumerate(tokens):
+            if attrs[i] & TokenAttr.CONTROL and "unused" in text:
+                attrs[i] |= TokenAttr.UNUSED
+
+        eog = {ids[r] for r in ("fim_pad", "fim_rep", "fim_sep") if ids[r] is not None}
+        for text in EOG_TEXTS:
+            i = token_to_id.get(text)
+            if i is not None:
+                eog.add(i)
+                attrs[i] |= TokenAttr.CONTROL
+        for text in _ALWAYS_RENDERED:
+            if text in token_to_id:
+                attrs[token_to_id[text]] = TokenAttr.USER_DEFINED
+        eog.update(ids[r] for r in ("eos", "eot", "eom") if ids[r] is not None)
+        by_text = {tokens[i]: i for i in eog}
+        if "<|end|>" in by_text and (("<|return|>" in by_text and ("<|call|>" in by_text or "<|calls|>" in by_text))
+                                     or ("<|calls|>" in by_text and "<|flush|>" in by_text)):
+            eog.discard(by_text["<|end|>"])
+            attrs[by_text["<|end|>"]] = TokenAttr.USER_DEFINED
+        if "</s>" in by_text and ("<|tool_response>" in by_text or "<|plamo:eos|>" in by_text):
+            eog.discard(by_text["</s>"])
+            attrs[by_text["</s>"]] = TokenAttr.NORMAL
+
+        mask = TokenAttr.CONTROL | TokenAttr.USER_DEFINED | TokenAttr.UNKNOWN
+        special_ids = sorted((i for i in range(n) if attrs[i] & mask), key=lambda i: -len(tokens[i]))
+        return cls(model=model, pre=pre, tokens=tokens, attrs=attrs, scores=scores, token_to_id=token_to_id,
+                   merges=merges, bos_id=ids["bos"], eos_id=ids["eos"], unk_id=ids["unk"],
+                   eot_id=ids["eot"], eom_id=ids["eom"], add_bos=add_bos, add_eos=add_eos,
+                   add_space_prefix=add_space_prefix, eog_ids=frozenset(eog), special_ids=special_ids)
+
+    def partition(self, text: str, parse_special: bool) -> list[str | int]:
+        """Split text into raw-text pieces and special-token ids, like llama.cpp's tokenizer_st_partition.
+
+        Each special token, longest first, splits every remaining text piece at its leftmost
+        non-overlapping occurrences. User-defined tokens always split; control and unknown tokens only
+        when parse_special. Only the tokens that occur in the text are tried, so this stays fast for
+        vocabularies with thousands of special tokens.
+        """
+        if not text:
+            return []
+        skip = TokenAttr.CONTROL | TokenAttr.UNKNOWN
+        present = self._special_tokens_in(text)
+        pieces: list[str | int] = [text]
+        for special_id in self.special_ids:
+            if special_id not in present or (not parse_special and self.attrs[special_id] & skip):
+                continue
+            needle = self.tokens[special_id]
+            out: list[str | int] = []
+            for piece in pieces:
+                if isinstance(piece, int) or needle not in piece:
+                    out.append(piece)
+                    continue
+                start = 0
+                while (hit := piece.find(needle, start)) >= 0:
+                    if hit > start:
+                        out.append(piece[start:hit])
+                    out.append(special_id)
+                    start = hit + len(needle)
+                if start < len(piece):
+                    out.append(piece[start:])
+            pieces = out
+        return pieces
+
+    def _special_tokens_in(self, text: str) -> set[int]:
+        """Ids of special tokens occurring anywhere in text, overlapping occurrences included."""
+        if self._special_regex is None:
+            self._special_by_text = {}
+            for i in self.special_ids:
+                self._special_by_text.setdefault(self.tokens[i], []).append(i)
+            # A zero-width lookahead over a trie finds the longest special token at every position;
+            # stdlib re scans it ~50x faster than a flat alternation of thousands of literals.
+            self._special_regex = (re.compile("(?=(" + _trie_pattern(self._special_by_text) + "))")
+                                   if self._special_by_text else False)
+        if self._special_regex is False:
+            return set()
+        found: set[int] = set()
+        for longest in set(self._special_regex.findall(text)):
+            # Every special token that matches where the longest one starts is a prefix of it.
+            for k in range(1, len(longest) + 1):
+                found.update(self._special_by_text.get(longest[:k], ()))
+        return found
+
+
+def _trie_pattern(words) -> str:
+    """A regex matching the longest of words at a position, built as a trie so matching is linear."""
+    trie: dict = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict) -> str:
+        branches = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not branches:
+            return ""
+        if len(branches) == 1 and "" not in node:
+            return branches[0]
+        return "(?:" + "|".join(branches) + ")" + ("?" if "" in node else "")
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * max(map(len, words)) + 100))
+    return build(trie)
