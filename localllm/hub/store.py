@@ -1,0 +1,146 @@
+"""The model store: content-addressed blobs plus small name -> blob records.
+
+    $LOCALLLM_HOME/models/                (default: the user cache dir, e.g. ~/.cache/localllm/models)
+        blobs/sha256-<hex>                every GGUF, stored once whatever names point at it
+        manifests/<quoted name>.json      {"name", "blob", "size", "source", "pulled_at", "arch", ...}
+        partial/<key>.partial             downloads in progress (resumed with HTTP Range)
+
+A file only ever appears under `blobs/` complete and verified: downloads land in `partial/` and are
+renamed into place; records are written to a temporary file and renamed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from ..errors import ModelNotFoundError
+
+
+def default_home() -> Path:
+    """`$LOCALLLM_HOME`, else the platform's user cache dir for localllm."""
+    env = os.environ.get("LOCALLLM_HOME")
+    if env:
+        return Path(env).expanduser()
+    try:
+        from platformdirs import user_cache_dir
+        return Path(user_cache_dir("localllm", appauthor=False))
+    except ImportError:  # platformdirs is optional: fall back to the XDG default
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "localllm"
+
+
+def blob_name(sha256: str) -> str:
+    return f"sha256-{sha256.lower()}"
+
+
+@dataclass
+class Record:
+    """A name in the store and the blob it points at."""
+
+    name: str
+    blob: str                       # "sha256-<hex>"
+    size: int
+    source: dict = field(default_factory=dict)   # {"kind": "hf"|"pypi"|"hf-cache", "repo", "file", "revision"}
+    pulled_at: float = 0.0
+    info: dict = field(default_factory=dict)     # summary read from the GGUF: arch, params, quant
+
+    @property
+    def sha256(self) -> str:
+        return self.blob.removeprefix("sha256-")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "blob": self.blob, "size": self.size, "source": self.source,
+                "pulled_at": self.pulled_at, "info": self.info}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Record":
+        return cls(name=d["name"], blob=d["blob"], size=int(d.get("size", 0)), source=d.get("source", {}),
+                   pulled_at=float(d.get("pulled_at", 0.0)), info=d.get("info", {}))
+
+
+class Store:
+    def __init__(self, home: str | os.PathLike | None = None):
+        self.home = Path(home) if home is not None else default_home()
+        self.root = self.home / "models"
+        self.blobs = self.root / "blobs"
+        self.records = self.root / "manifests"
+        self.partial = self.root / "partial"
+
+    def ensure(self) -> None:
+        for d in (self.blobs, self.records, self.partial):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # blobs ---------------------------------------------------------------------------------------
+    def blob_path(self, sha256_or_blob: str) -> Path:
+        name = sha256_or_blob if sha256_or_blob.startswith("sha256-") else blob_name(sha256_or_blob)
+        return self.blobs / name
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.blob_path(sha256).is_file()   # False for a dangling link into a cleaned HF cache
+
+    def partial_path(self, key: str) -> Path:
+        return self.partial / f"{key}.partial"
+
+    # records -------------------------------------------------------------------------------------
+    def _record_file(self, name: str) -> Path:
+        return self.records / (quote(name.lower(), safe="") + ".json")
+
+    def get(self, name: str) -> Record | None:
+        """The record for `name` (case-insensitive), or None; a record whose blob vanished is None."""
+        f = self._record_file(name)
+        if not f.is_file():
+            return None
+        try:
+            rec = Record.from_json(json.loads(f.read_text()))
+        except (ValueError, KeyError):
+            return None
+        return rec if self.blob_path(rec.blob).is_file() else None
+
+    def path_of(self, rec: Record) -> Path:
+        return self.blob_path(rec.blob)
+
+    def put(self, rec: Record) -> None:
+        self.ensure()
+        if not rec.pulled_at:
+            rec.pulled_at = time.time()
+        fd, tmp = tempfile.mkstemp(dir=self.records, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(rec.to_json(), f, indent=1)
+        os.replace(tmp, self._record_file(rec.name))
+
+    def list(self) -> list[Record]:
+        if not self.records.is_dir():
+            return []
+        out = []
+        for f in sorted(self.records.glob("*.json")):
+            if f.name.startswith(".tmp-"):
+                continue
+            try:
+                rec = Record.from_json(json.loads(f.read_text()))
+            except (ValueError, KeyError):
+                continue
+            if self.blob_path(rec.blob).is_file():
+                out.append(rec)
+        return sorted(out, key=lambda r: r.name)
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.list()]
+
+    def remove(self, name: str) -> Record:
+        """Forget `name`; delete its blob when no other name points at it. Returns the removed record."""
+        f = self._record_file(name)
+        if not f.is_file():
+            raise ModelNotFoundError(f"'{name}' is not in the model store; `localllm list` shows what is")
+        try:
+            rec = Record.from_json(json.loads(f.read_text()))
+        except (ValueError, KeyError):
+            f.unlink()
+            raise ModelNotFoundError(f"'{name}' had an unreadable record; it has been removed") from None
+        f.unlink()
+        if not any(r.blob == rec.blob for r in self.list()):
+            self.blob_path(rec.blob).unlink(missing_ok=True)
+        return rec
