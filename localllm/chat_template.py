@@ -1,0 +1,51 @@
+"""Chat templates: the model's own Jinja template, rendered in jinja2's immutable sandbox."""
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+
+from .errors import ChatTemplateError
+
+
+def _raise(message: str):
+    raise ChatTemplateError(f"the chat template refused the conversation: {message}")
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str):
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.filters["tojson"] = _tojson
+    try:
+        return env.from_string(source)
+    except TemplateError as e:
+        raise ChatTemplateError(f"the model's chat template does not parse: {e}") from None
+
+
+def _tojson(value, indent=None, ensure_ascii=False, **_):
+    import json
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
+
+
+def render(source: str | None, messages: list[dict], add_generation_prompt: bool = True,
+           bos_token: str = "", eos_token: str = "", **extra) -> str:
+    """The prompt text for `messages` ([{"role": ..., "content": ...}, ...])."""
+    if not source:
+        raise ChatTemplateError("this model has no chat template (tokenizer.chat_template); "
+                                "send a raw prompt instead (--raw / llm.generate)")
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ChatTemplateError(f"each message needs 'role' and 'content'; got {m!r}")
+    from jinja2 import TemplateError
+
+    try:
+        return _compile(source).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                       bos_token=bos_token, eos_token=eos_token, **extra)
+    except ChatTemplateError:
+        raise
+    except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise ChatTemplateError(f"the model's chat template failed to render: {type(e).__name__}: {e}") from None

@@ -1,0 +1,42 @@
+"""How many threads to use: the physical cores this process may run on (affinity and cgroup aware)."""
+from __future__ import annotations
+
+import os
+
+
+def _cgroup_cpus() -> float | None:
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def default_threads() -> int:
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:
+        allowed = os.cpu_count() or 1
+    n = allowed
+    try:
+        import psutil
+        physical = psutil.cpu_count(logical=False)
+        logical = psutil.cpu_count(logical=True)
+        if physical and logical and logical > physical:  # SMT: one thread per core is faster for matvec
+            n = max(1, allowed * physical // logical)
+    except Exception:
+        pass
+    quota = _cgroup_cpus()
+    if quota:
+        n = min(n, max(1, int(quota)))
+    return max(1, n)
+
+
+def set_threads(n: int | None) -> int:
+    """Set Numba's thread count (None: default_threads()); returns the count in force."""
+    import numba
+
+    n = default_threads() if n is None else int(n)
+    n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
