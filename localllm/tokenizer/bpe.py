@@ -21,7 +21,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 BYTE_TO_CHAR = _bytes_to_unicode()
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
-_LATIN1_TO_BYTE_CHARS = {b: c for b, c in BYTE_TO_CHAR.items()}   # str.translate table over latin-1 text
 
 
 class BPETokenizer:
@@ -58,7 +57,7 @@ class BPETokenizer:
 
     def _encode_word(self, word: str) -> list[int]:
         token_to_id = self.vocab.token_to_id
-        mapped = word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_BYTE_CHARS)
+        mapped = word.encode("utf-8").decode("latin-1").translate(BYTE_TO_CHAR)
         if self.pre_tokenizer.spec.ignore_merges and mapped in token_to_id:
             return [token_to_id[mapped]]
         symbols = self._merge(list(mapped))
@@ -84,17 +83,8 @@ class BPETokenizer:
         prev = list(range(-1, n - 1))
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
-        heap: list[tuple[int, int, int, str]] = []
-
-        def push(left: int, right: int) -> None:
-            if left < 0 or right < 0:
-                return
-            rank = ranks.get((symbols[left], symbols[right]))
-            if rank is not None:
-                heap.append((rank, left, right, symbols[left] + symbols[right]))
-
-        for i in range(n - 1):
-            push(i, i + 1)
+        heap = [(rank, i, i + 1, a + b) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))
+                if (rank := ranks.get((a, b))) is not None]
         heapq.heapify(heap)
         while heap:
             _, left, right, text = heapq.heappop(heap)

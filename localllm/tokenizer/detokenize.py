@@ -12,21 +12,17 @@ if TYPE_CHECKING:
     from .tokenizer import Tokenizer
 
 
-def token_pieces(vocab: Vocab) -> list[bytes]:
-    """The bytes each token renders to with special tokens shown (llama.cpp token_to_piece, special=True)."""
-    shown = TokenAttr.UNKNOWN | TokenAttr.CONTROL | TokenAttr.USER_DEFINED
+def token_piece(vocab: Vocab, token_id: int) -> bytes:
+    """The bytes a token renders to with special tokens shown (llama.cpp token_to_piece, special=True)."""
+    text, attr = vocab.tokens[token_id], vocab.attrs[token_id]
+    if attr & (TokenAttr.UNKNOWN | TokenAttr.CONTROL | TokenAttr.USER_DEFINED):
+        return text.encode("utf-8")
     byte_level = vocab.model == "gpt2"
-    pieces = []
-    for text, attr in zip(vocab.tokens, vocab.attrs):
-        if attr & shown:
-            pieces.append(text.encode("utf-8"))
-        elif attr & TokenAttr.NORMAL:
-            pieces.append(_byte_level_bytes(text) if byte_level else text.replace(SPACE, " ").encode("utf-8"))
-        elif attr & TokenAttr.BYTE:
-            pieces.append(bytes([_byte_token_value(text, byte_level)]))
-        else:   # unused and undefined tokens render as nothing
-            pieces.append(b"")
-    return pieces
+    if attr & TokenAttr.NORMAL:
+        return _byte_level_bytes(text) if byte_level else text.replace(SPACE, " ").encode("utf-8")
+    if attr & TokenAttr.BYTE:
+        return bytes([_byte_token_value(text, byte_level)])
+    return b""  # unused and undefined tokens render as nothing
 
 
 def _byte_level_bytes(text: str) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .bpe import BPETokenizer
-from .detokenize import token_pieces
+from .detokenize import token_piece
 from .spm import SPACE, SPMTokenizer
 from .vocab import TokenAttr, Vocab
 
@@ -15,7 +15,7 @@ class Tokenizer:
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
         self._engine = BPETokenizer(vocab) if vocab.model == "gpt2" else SPMTokenizer(vocab)
-        self._pieces: list[bytes] | None = None
+        self._pieces: list[bytes | None] = [None] * len(vocab.tokens)
         hidden = TokenAttr.CONTROL | TokenAttr.UNKNOWN
         self._hidden = frozenset(i for i in vocab.special_ids if vocab.attrs[i] & hidden)
 
@@ -86,11 +86,12 @@ class Tokenizer:
     # -- decoding ----------------------------------------------------------------------------------
     def token_bytes(self, token_id: int, skip_special: bool = False) -> bytes:
         """The raw bytes a token stands for; control tokens give their text unless skip_special."""
-        if self._pieces is None:
-            self._pieces = token_pieces(self.vocab)
         if skip_special and token_id in self._hidden:
             return b""
-        return self._pieces[token_id]
+        piece = self._pieces[token_id]
+        if piece is None:
+            piece = self._pieces[token_id] = token_piece(self.vocab, token_id)
+        return piece
 
     def strip_prefix_space(self, first_piece: bytes) -> bytes:
         """Drop the space SentencePiece prefixed to the text (llama.cpp detokenize's lstrip)."""

@@ -1,0 +1,164 @@
+"""Tokenizers against llama.cpp: ids, decoding and vocabulary facts from tests/fixtures/tokens_*.json
+(made by scripts/reference/make_tokens.py with llama-cpp-python 0.3.36)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from localllm.errors import LocalLLMError
+from localllm.ggufio import GGUFFile
+from localllm.tokenizer import StreamingDetokenizer, Tokenizer, UnsupportedTokenizerError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MODELS = [
+    pytest.param("smollm2", id="smollm2"),
+    pytest.param("qwen2", id="qwen2", marks=pytest.mark.large),
+    pytest.param("gemma3", id="gemma3", marks=pytest.mark.large),
+]
+END_OF_TURN = {"smollm2": "<|im_end|>", "qwen2": "<|im_end|>", "gemma3": "<end_of_turn>"}
+CHAT = {"smollm2": "<|im_start|>user\nhi<|im_end|>", "qwen2": "<|im_start|>user\nhi<|im_end|>",
+        "gemma3": "<start_of_turn>user\nhi<end_of_turn>"}
+MULTIBYTE = ["Emoji: 😀 👍🏽 ❤️ 🎉", "Family 👨‍👩‍👧‍👦 flags 🇫🇷🇩🇪 🏳️‍🌈", "中文测试：我爱自然语言处理。",
+             "日本語のテキスト、ひらがなとカタカナ", "한국어 텍스트: 안녕하세요", "Tiếng Việt: Hà Nội, người"]
+_TOKENIZERS: dict[str, Tokenizer] = {}
+
+
+@pytest.fixture
+def tok(request) -> Tokenizer:
+    name = request.param
+    if name not in _TOKENIZERS:
+        path = request.getfixturevalue(f"{name}_path")
+        _TOKENIZERS[name] = Tokenizer.from_metadata(GGUFFile(path).metadata)
+    return _TOKENIZERS[name]
+
+
+def _cases(name: str) -> list[dict]:
+    return json.loads((FIXTURES / f"tokens_{name}.json").read_text())
+
+
+def _facts(name: str) -> dict:
+    return json.loads((FIXTURES / f"tokens_{name}_vocab.json").read_text())
+
+
+def _varied_text(n_chars: int, seed: int = 0) -> str:
+    """Random words over scripts, digits and punctuation: few repeats, so the word cache barely helps."""
+    rng = random.Random(seed)
+    alphabet = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789éüßçñ你好世界こんにちは한국😀🎉"
+                ".,;:!?'\"()[]{}<>=+-*/_#@$%&")
+    separators = [" ", " ", " ", " ", "\n", "\t", "  ", "\n\n", ", "]
+    parts, size = [], 0
+    while size < n_chars:
+        part = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) + rng.choice(separators)
+        parts.append(part)
+        size += len(part)
+    return "".join(parts)[:n_chars]
+
+
+@pytest.mark.parametrize("tok", MODELS, indirect=True)
+def test_ids_match_llama_cpp(tok, request):
+    name = request.node.callspec.id
+    mismatches = [(c["text"][:60], c["add_special"], c["parse_special"])
+                  for c in _cases(name)
+                  if tok.encode(c["text"], add_special=c["add_special"], parse_special=c["parse_special"]) != c["ids"]]
+    assert not mismatches
+
+
+@pytest.mark.parametrize("tok", MODELS, indirect=True)
+def test_decode_matches_llama_cpp_pieces(tok, request):
+    for case in _cases(request.node.callspec.id):
+        assert tok.decode(case["ids"]) == case["pieces"]
+        assert tok.decode(case["ids"], skip_special=True) == case["pieces_plain"]
+
+
+@pytest.mark.parametrize("tok", MODELS, indirect=True)
+def test_decode_round_trips_encode_without_specials(tok, request):
+    for case in _cases(request.node.callspec.id):
+        text = case["text"]
+        assert tok.decode(tok.encode(text, add_special=False)) == text
+
+
+@pytest.mark.parametrize("tok", MODELS, indirect=True)
+def test_vocab_facts_match_llama_cpp(tok, request):
+    facts = _facts(request.node.callspec.id)
+    assert tok.vocab_size == facts["n_vocab"]
+    assert (tok.bos_id, tok.eos_id, tok.add_bos, tok.add_eos) == (
+        facts["bos_id"], facts["eos_id"], facts["add_bos"], facts["add_eos"])
+    assert sorted(tok.eog_ids) == facts["eog_ids"]
+    attrs = {str(i): a for i, a in enumerate(tok.vocab.attrs) if a != 4}
+    assert attrs == facts["attrs_not_normal"]
+    for skip_special, key in ((False, "special"), (True, "plain")):
+        digest = hashlib.sha256()
+        for token in range(tok.vocab_size):
+            piece = tok.token_bytes(token, skip_special=skip_special)
+            digest.update(len(piece).to_bytes(4, "little") + piece)
+        assert digest.hexdigest() == facts["pieces_sha256"][key], f"token pieces differ ({key})"
+
+
+@pytest.mark.parametrize("tok", MODELS, indirect=True)
+def test_streaming_detokenizer_never_emits_half_a_character(tok):
+    for text in MULTIBYTE:
+        ids = tok.encode(text, add_special=False)
+        det = StreamingDetokenizer(tok)
+        chunks = [det.add(i) for i in ids]
+        assert all("\ufffd" not in chunk for chunk in chunks)
+        assert "".join(chunks) + det.flush() == text
+
+
+@pytest.mark.parametrize("tok", MODELS, indirect=True)
+def test_special_tokens_parse_only_when_asked(tok, request):
+    name = request.node.callspec.id
+    end_id = tok.vocab.token_to_id[END_OF_TURN[name]]
+    parsed = tok.encode(CHAT[name], add_special=False, parse_special=True)
+    literal = tok.encode(CHAT[name], add_special=False, parse_special=False)
+    assert parsed[-1] == end_id and end_id not in literal
+    assert len(literal) > len(parsed)
+    assert tok.decode(parsed) == tok.decode(literal) == CHAT[name]
+    assert END_OF_TURN[name] not in tok.decode(parsed, skip_special=True)
+
+
+@pytest.mark.parametrize("tok", MODELS, indirect=True)
+def test_end_of_turn_token_ends_generation(tok, request):
+    name = request.node.callspec.id
+    assert tok.vocab.token_to_id[END_OF_TURN[name]] in tok.eog_ids
+    assert tok.eos_id in tok.eog_ids
+    assert tok.token_text(tok.vocab.token_to_id[END_OF_TURN[name]]) == END_OF_TURN[name]
+
+
+@pytest.mark.parametrize("tok", MODELS, indirect=True)
+def test_100kb_tokenizes_under_a_second(tok):
+    text = _varied_text(100_000)
+    tok.encode("warm-up")
+    start = time.process_time()   # CPU time: other jobs on a busy test machine must not fail this
+    ids = tok.encode(text, add_special=False)
+    elapsed = time.process_time() - start
+    assert tok.decode(ids) == text
+    assert elapsed < 1.0, f"100 KB took {elapsed:.2f} s"
+
+
+def test_unsupported_tokenizer_model_is_named():
+    with pytest.raises(UnsupportedTokenizerError, match="'bert'") as info:
+        Tokenizer.from_metadata({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
+    assert isinstance(info.value, LocalLLMError)
+
+
+def test_unsupported_pre_tokenizer_is_named():
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such-pre",
+            "tokenizer.ggml.tokens": ["a", "b", "ab"], "tokenizer.ggml.merges": ["a b"]}
+    with pytest.raises(UnsupportedTokenizerError, match="'no-such-pre'"):
+        Tokenizer.from_metadata(meta)
+
+
+def test_tiny_bpe_merges_by_rank_and_decodes():
+    tokens = ["a", "b", "c", "Ġ", "ab", "bc", "abc", "Ġa", "<|end|>"]
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.merges": ["b c", "a b", "a bc", "Ġ a"], "tokenizer.ggml.eos_token_id": 8}
+    tok = Tokenizer.from_metadata(meta)
+    assert tok.encode("abc ab") == [tokens.index("abc"), tokens.index("Ġ"), tokens.index("ab")]
+    assert tok.decode(tok.encode("abc ab")) == "abc ab"
+    assert tok.encode("a<|end|>", parse_special=True) == [0, 8]
+    assert tok.eog_ids == {8}
