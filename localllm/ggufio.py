@@ -84,6 +84,8 @@ class _Cursor:
         buf, pos, out = self.buf, self.pos, []
         unpack, end = struct.unpack_from, len(buf)
         for _ in range(n):
+            if pos + 8 > end:
+                raise EOFError
             (ln,) = unpack("<Q", buf, pos)
             pos += 8
             if pos + ln > end:

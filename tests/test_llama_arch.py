@@ -1,0 +1,98 @@
+"""The llama module on tiny synthetic GGUFs: a plain NumPy forward agrees, and the KV cache changes nothing."""
+import numpy as np
+import pytest
+
+import localllm
+from localllm.ggufio import GGUFFile
+from localllm.layers import raw_rows
+from localllm.quants import dequantize_reference, get_format
+from tinymodel import write_tiny_llama
+
+
+def _weights(gf):
+    """Every tensor dequantized with the NumPy reference: name -> float64 array in NumPy shape."""
+    return {name: dequantize_reference(get_format(t.type_id), raw_rows(t)).reshape(t.shape).astype(np.float64)
+            for name, t in gf.tensors.items()}
+
+
+def _rope(x, pos, base, neox):
+    """x (T, H, hd) rotated for positions pos (T,)."""
+    hd = x.shape[-1]
+    inv = base ** (-np.arange(0, hd, 2) / hd)                 # (hd/2,)
+    ang = pos[:, None, None] * inv[None, None, :]              # (T, 1, hd/2)
+    c, s = np.cos(ang), np.sin(ang)
+    if neox:
+        a, b = x[..., :hd // 2], x[..., hd // 2:]
+        return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+    a, b = x[..., 0::2], x[..., 1::2]
+    y = np.empty_like(x)
+    y[..., 0::2], y[..., 1::2] = a * c - b * s, a * s + b * c
+    return y
+
+
+def reference_forward(path, ids, neox=False):
+    """Logits (T, n_vocab) of a llama-shaped GGUF, written straight from the equations in float64."""
+    gf = GGUFFile(path)
+    W = _weights(gf)
+    n_head, n_kv = gf.arch_key("attention.head_count"), gf.arch_key("attention.head_count_kv")
+    eps, base = gf.arch_key("attention.layer_norm_rms_epsilon"), gf.arch_key("rope.freq_base")
+    norm = lambda x, w: x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+    x = W["token_embd.weight"][ids]
+    t, d = x.shape
+    hd = d // n_head
+    pos = np.arange(t, dtype=np.float64)
+    mask = np.triu(np.full((t, t), -np.inf), 1)
+    for i in range(gf.arch_key("block_count")):
+        p = f"blk.{i}."
+        h = norm(x, W[p + "attn_norm.weight"])
+        lin = lambda n, v: v @ W[p + n + ".weight"].T + W.get(p + n + ".bias", 0)
+        q = _rope(lin("attn_q", h).reshape(t, n_head, hd), pos, base, neox)
+        k = _rope(lin("attn_k", h).reshape(t, n_kv, hd), pos, base, neox)
+        v = lin("attn_v", h).reshape(t, n_kv, hd)
+        rep = n_head // n_kv
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+        s = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask
+        pr = np.exp(s - s.max(-1, keepdims=True))
+        pr /= pr.sum(-1, keepdims=True)
+        att = np.einsum("hts,shd->thd", pr, v).reshape(t, d)
+        x = x + att @ W[p + "attn_output.weight"].T
+        h = norm(x, W[p + "ffn_norm.weight"])
+        g, u = h @ W[p + "ffn_gate.weight"].T, h @ W[p + "ffn_up.weight"].T
+        x = x + (g / (1 + np.exp(-g)) * u) @ W[p + "ffn_down.weight"].T
+    x = norm(x, W["output_norm.weight"])
+    return x @ W.get("output.weight", W["token_embd.weight"]).T
+
+
+@pytest.mark.parametrize("arch,qtype,tied,biases", [
+    ("llama", "Q8_0", True, False),
+    ("llama", "Q4_1", False, False),
+    ("qwen2", "Q5_0", False, True),
+    ("llama", "F32", True, False),
+])
+def test_matches_numpy_reference(tmp_path, arch, qtype, tied, biases):
+    path = write_tiny_llama(tmp_path / "tiny.gguf", arch=arch, qtype=qtype, tied=tied, biases=biases)
+    llm = localllm.load(path, n_ctx=64)
+    ids = list(range(3, 40, 2))
+    ours = llm.logits(ids)
+    ref = reference_forward(path, ids, neox=(arch == "qwen2"))
+    assert ours.shape == ref.shape == (len(ids), llm.n_vocab)
+    np.testing.assert_allclose(ours, ref, atol=2e-3 * np.abs(ref).max())
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
+
+
+def test_cache_vs_no_cache(tmp_path):
+    path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=3)
+    ids = [int(i) for i in np.random.default_rng(0).integers(0, 260, 23)]
+    full = localllm.load(path, n_ctx=64).logits(ids)  # one batch of 23: the dequantize + BLAS path
+    llm = localllm.load(path, n_ctx=64, n_batch=5)   # chunks of 5: kernels on quantized rows
+    np.testing.assert_allclose(llm.logits(ids), full, atol=1e-4 * np.abs(full).max())
+    step = []
+    llm.cache.reset()
+    llm._ids = []
+    step.append(llm._eval(ids[:1]))
+    for t in ids[1:]:
+        step.append(llm._eval_next(t))               # one token at a time through the cache
+    np.testing.assert_allclose(np.stack(step), full, atol=1e-4 * np.abs(full).max())
+    # prefix reuse: evaluating a longer prompt recomputes only the new tokens
+    last = llm._eval(ids + [5, 6])
+    np.testing.assert_allclose(last, llm.logits(ids + [5, 6])[-1], atol=1e-4 * np.abs(full).max())
