@@ -74,3 +74,14 @@ def test_gather_rows_is_embedding_lookup():
 def test_unknown_type_is_a_clear_error():
     with pytest.raises(UnsupportedTensorTypeError, match="IQ2_XXS.*supported"):
         get_format(16, "blk.0.attn_q.weight")
+
+
+@pytest.mark.parametrize("fmt", [f for f in FMTS if f.codes], ids=[f.name for f in FMTS if f.codes])
+def test_codes_rebuild_the_weights_bit_exact(fmt):
+    raw = _quantized(fmt, 8, 512, seed=3)
+    blocks = raw.reshape(-1, fmt.type_size)
+    q, scale, offset = fmt.codes(blocks)
+    assert q.dtype == np.int8 and q.shape == (blocks.shape[0], fmt.block_size)
+    n, groups = scale.shape
+    w = scale[:, :, None] * q.reshape(n, groups, -1).astype(np.float32) + offset[:, :, None]
+    assert np.array_equal(w.reshape(8, 512), gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(fmt.type_id)))

@@ -3,7 +3,10 @@
 Each format module registers a `QuantFormat` with
 - `dequantize_row(raw, out)`: Numba kernel, raw uint8 (row_bytes,) -> out float32 (n_cols,);
   bit-exact with `gguf.quants.dequantize` (no fastmath: contraction into FMA would change rounding);
-- `reference(blocks)`: plain NumPy, uint8 (n_blocks, type_size) -> float32 (n_blocks, block_size).
+- `reference(blocks)`: plain NumPy, uint8 (n_blocks, type_size) -> float32 (n_blocks, block_size);
+- `codes(blocks)` (optional): the integer form, for repacking at load: (q int8 (n_blocks, block_size),
+  scale float32 (n_blocks, n_groups), offset float32 (n_blocks, n_groups)) with
+  weight = scale * q + offset per group of block_size // n_groups weights.
 Kernels (localllm.kernels.quantized) dispatch on `type_id` through `dequantize_row_any`.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ class QuantFormat:
     type_size: int            # bytes per block
     dequantize_row: Callable  # numba: (raw uint8 (row_bytes,), out float32 (n_cols,)) -> None
     reference: Callable       # numpy: uint8 (n_blocks, type_size) -> float32 (n_blocks, block_size)
+    codes: Callable | None = None  # numpy: blocks -> (q int8, scale, offset), see above
 
     def row_bytes(self, n_cols: int) -> int:
         return n_cols // self.block_size * self.type_size

@@ -231,16 +231,16 @@ def _k4_scales_mins(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc.astype(np.float32), mn.astype(np.float32)
 
 
-def reference_q2_k(blocks: np.ndarray) -> np.ndarray:
+def codes_q2_k(blocks: np.ndarray):
     n = blocks.shape[0]
     sc = blocks[:, 0:16]
-    q = _crumbs(blocks[:, 16:80], 32).reshape(n, 16, 16).astype(np.float32)
-    dl = (_ref_f16(blocks, 80) * (sc & 15).astype(np.float32))[:, :, None]
-    ml = (_ref_f16(blocks, 82) * (sc >> 4).astype(np.float32))[:, :, None]
-    return (dl * q - ml).reshape(n, QK_K)
+    q = _crumbs(blocks[:, 16:80], 32).reshape(n, 16, 16)
+    dl = _ref_f16(blocks, 80) * (sc & 15).astype(np.float32)
+    ml = _ref_f16(blocks, 82) * (sc >> 4).astype(np.float32)
+    return q.reshape(n, QK_K).astype(np.int8), dl, -ml
 
 
-def reference_q3_k(blocks: np.ndarray) -> np.ndarray:
+def codes_q3_k(blocks: np.ndarray):
     n = blocks.shape[0]
     packed = blocks[:, 96:108]
     lo = np.concatenate([packed[:, 0:8] & 15, packed[:, 0:8] >> 4], axis=1)      # (n, 16)
@@ -248,43 +248,52 @@ def reference_q3_k(blocks: np.ndarray) -> np.ndarray:
     sc = (lo | (hi << 4)).astype(np.int16) - 32
     low2 = _crumbs(blocks[:, 32:96], 32).astype(np.int16)                         # (n, 2, 4, 32)
     hbit = _bits(blocks[:, 0:32], 8).reshape(n, 2, 4, 32).astype(np.int16)
-    q = (low2 - 4 * (1 - hbit)).reshape(n, 16, 16).astype(np.float32)
-    dl = (_ref_f16(blocks, 108) * sc.astype(np.float32))[:, :, None]
-    return (dl * q).reshape(n, QK_K)
+    q = (low2 - 4 * (1 - hbit)).reshape(n, QK_K)
+    dl = _ref_f16(blocks, 108) * sc.astype(np.float32)
+    return q.astype(np.int8), dl, np.zeros_like(dl)
 
 
-def reference_q4_k(blocks: np.ndarray) -> np.ndarray:
+def codes_q4_k(blocks: np.ndarray):
     n = blocks.shape[0]
     sc, mn = _k4_scales_mins(blocks[:, 4:16])
-    q = _nibbles(blocks[:, 16:144], 32).reshape(n, 8, 32).astype(np.float32)
-    dl = (_ref_f16(blocks, 0) * sc)[:, :, None]
-    ml = (_ref_f16(blocks, 2) * mn)[:, :, None]
-    return (dl * q - ml).reshape(n, QK_K)
+    q = _nibbles(blocks[:, 16:144], 32).reshape(n, QK_K)
+    return q.astype(np.int8), _ref_f16(blocks, 0) * sc, -(_ref_f16(blocks, 2) * mn)
 
 
-def reference_q5_k(blocks: np.ndarray) -> np.ndarray:
+def codes_q5_k(blocks: np.ndarray):
     n = blocks.shape[0]
     sc, mn = _k4_scales_mins(blocks[:, 4:16])
     low = _nibbles(blocks[:, 48:176], 32).reshape(n, 8, 32)
     high = _bits(blocks[:, 16:48], 8)                                            # (n, 8, 32)
-    q = (low | (high << 4)).astype(np.float32)
-    dl = (_ref_f16(blocks, 0) * sc)[:, :, None]
-    ml = (_ref_f16(blocks, 2) * mn)[:, :, None]
-    return (dl * q - ml).reshape(n, QK_K)
+    q = (low | (high << 4)).reshape(n, QK_K)
+    return q.astype(np.int8), _ref_f16(blocks, 0) * sc, -(_ref_f16(blocks, 2) * mn)
 
 
-def reference_q6_k(blocks: np.ndarray) -> np.ndarray:
+def codes_q6_k(blocks: np.ndarray):
     n = blocks.shape[0]
     low = _nibbles(blocks[:, 0:128], 64).reshape(n, 2, 128)     # per half: ql[0:64] lo, then hi nibbles
     high = _crumbs(blocks[:, 128:192], 32).reshape(n, 2, 128)   # per half: 2-bit field k -> quarter k
-    q = ((low | (high << 4)).astype(np.int16) - 32).reshape(n, 16, 16).astype(np.float32)
-    sc = blocks[:, 192:208].view(np.int8).astype(np.float32)
-    dl = (_ref_f16(blocks, 208) * sc)[:, :, None]
-    return (dl * q).reshape(n, QK_K)
+    q = ((low | (high << 4)).astype(np.int16) - 32).reshape(n, QK_K)
+    dl = _ref_f16(blocks, 208) * blocks[:, 192:208].view(np.int8).astype(np.float32)
+    return q.astype(np.int8), dl, np.zeros_like(dl)
 
 
-Q2_K = register(QuantFormat("Q2_K", 10, QK_K, Q2_K_SIZE, dequantize_row_q2_k, reference_q2_k))
-Q3_K = register(QuantFormat("Q3_K", 11, QK_K, Q3_K_SIZE, dequantize_row_q3_k, reference_q3_k))
-Q4_K = register(QuantFormat("Q4_K", 12, QK_K, Q4_K_SIZE, dequantize_row_q4_k, reference_q4_k))
-Q5_K = register(QuantFormat("Q5_K", 13, QK_K, Q5_K_SIZE, dequantize_row_q5_k, reference_q5_k))
-Q6_K = register(QuantFormat("Q6_K", 14, QK_K, Q6_K_SIZE, dequantize_row_q6_k, reference_q6_k))
+def _reference_from(codes):
+    """weights = scale * q + offset per group, computed as ggml does ((d*sc)*q - dmin*m)."""
+    def reference(blocks: np.ndarray) -> np.ndarray:
+        q, scale, offset = codes(blocks)
+        n, groups = scale.shape
+        q = q.reshape(n, groups, -1).astype(np.float32)
+        return (scale[:, :, None] * q + offset[:, :, None]).reshape(n, QK_K)
+    return reference
+
+
+reference_q2_k, reference_q3_k, reference_q4_k, reference_q5_k, reference_q6_k = (
+    _reference_from(c) for c in (codes_q2_k, codes_q3_k, codes_q4_k, codes_q5_k, codes_q6_k))
+
+
+Q2_K = register(QuantFormat("Q2_K", 10, QK_K, Q2_K_SIZE, dequantize_row_q2_k, reference_q2_k, codes_q2_k))
+Q3_K = register(QuantFormat("Q3_K", 11, QK_K, Q3_K_SIZE, dequantize_row_q3_k, reference_q3_k, codes_q3_k))
+Q4_K = register(QuantFormat("Q4_K", 12, QK_K, Q4_K_SIZE, dequantize_row_q4_k, reference_q4_k, codes_q4_k))
+Q5_K = register(QuantFormat("Q5_K", 13, QK_K, Q5_K_SIZE, dequantize_row_q5_k, reference_q5_k, codes_q5_k))
+Q6_K = register(QuantFormat("Q6_K", 14, QK_K, Q6_K_SIZE, dequantize_row_q6_k, reference_q6_k, codes_q6_k))

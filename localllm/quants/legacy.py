@@ -115,8 +115,33 @@ def _ref_q8_0(blocks):
     return blocks[:, 2:].view(np.int8).astype(np.float32) * _scales(blocks, 0)
 
 
-Q4_0 = register(QuantFormat("Q4_0", 2, 32, 18, dequantize_row_q4_0, _ref_q4_0))
-Q4_1 = register(QuantFormat("Q4_1", 3, 32, 20, dequantize_row_q4_1, _ref_q4_1))
-Q5_0 = register(QuantFormat("Q5_0", 6, 32, 22, dequantize_row_q5_0, _ref_q5_0))
-Q5_1 = register(QuantFormat("Q5_1", 7, 32, 24, dequantize_row_q5_1, _ref_q5_1))
-Q8_0 = register(QuantFormat("Q8_0", 8, 32, 34, dequantize_row_q8_0, _ref_q8_0))
+def _codes(q, scale, offset=None):
+    zero = np.zeros_like(scale) if offset is None else offset
+    return q.astype(np.int8), scale, zero
+
+
+def _codes_q4_0(blocks):
+    return _codes(_nibbles(blocks[:, 2:]) - 8, _scales(blocks, 0))
+
+
+def _codes_q4_1(blocks):
+    return _codes(_nibbles(blocks[:, 4:]), _scales(blocks, 0), _scales(blocks, 2))
+
+
+def _codes_q5_0(blocks):
+    return _codes(_nibbles(blocks[:, 6:]) + _high_bits(blocks, 2) - 16, _scales(blocks, 0))
+
+
+def _codes_q5_1(blocks):
+    return _codes(_nibbles(blocks[:, 8:]) + _high_bits(blocks, 4), _scales(blocks, 0), _scales(blocks, 2))
+
+
+def _codes_q8_0(blocks):
+    return _codes(blocks[:, 2:].view(np.int8), _scales(blocks, 0))
+
+
+Q4_0 = register(QuantFormat("Q4_0", 2, 32, 18, dequantize_row_q4_0, _ref_q4_0, _codes_q4_0))
+Q4_1 = register(QuantFormat("Q4_1", 3, 32, 20, dequantize_row_q4_1, _ref_q4_1, _codes_q4_1))
+Q5_0 = register(QuantFormat("Q5_0", 6, 32, 22, dequantize_row_q5_0, _ref_q5_0, _codes_q5_0))
+Q5_1 = register(QuantFormat("Q5_1", 7, 32, 24, dequantize_row_q5_1, _ref_q5_1, _codes_q5_1))
+Q8_0 = register(QuantFormat("Q8_0", 8, 32, 34, dequantize_row_q8_0, _ref_q8_0, _codes_q8_0))
