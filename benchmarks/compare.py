@@ -1,0 +1,258 @@
+"""localllm against llama.cpp on the same CPU: pp512 / tg128 as llama-bench defines them, side by side.
+
+    python benchmarks/compare.py MODEL.gguf [MODEL2.gguf ...] [--threads 2] [--reps 3] [--json]
+
+Each engine runs in a fresh process per model, so load time and peak RSS belong to that model alone.
+llama.cpp runs through llama-cpp-python in another interpreter (--llama-python, default
+/work/refenv/bin/python), driven through its C API exactly as llama-bench drives llama_decode; when that
+interpreter cannot import llama_cpp, only localllm is measured. See benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:      # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_LLAMA_PYTHON = "/work/refenv/bin/python"
+DEFAULT_BANDWIDTH = 28e9           # bytes/s of DRAM read bandwidth assumed for the decode limit
+
+_LOCALLLM = """
+import json, sys
+from localllm.bench import run_bench
+cfg = json.loads(sys.argv[1])
+print(json.dumps(run_bench(cfg["model"], n_threads=cfg["threads"], reps=cfg["reps"], n_prompt=cfg["n_prompt"],
+                           n_gen=cfg["n_gen"], cold_start=cfg["cold_start"])))
+"""
+
+# Runs in the llama-cpp-python interpreter: test_prompt / test_gen of llama-bench.cpp, in Python over ctypes.
+_LLAMA_CPP = r"""
+import json, random, resource, statistics, subprocess, sys, time
+cfg = json.loads(sys.argv[1])
+import llama_cpp as C
+from llama_cpp import Llama
+
+n_prompt, n_gen, n_batch, threads = cfg["n_prompt"], cfg["n_gen"], 512, cfg["threads"]
+t0 = time.perf_counter()
+llm = Llama(model_path=cfg["model"], n_ctx=n_prompt + n_gen, n_batch=n_batch, n_ubatch=n_batch,
+            n_threads=threads, n_threads_batch=threads, verbose=False)
+load_s = time.perf_counter() - t0
+ctx = llm._ctx.ctx
+vocab = C.llama_model_get_vocab(llm._model.model)
+n_vocab = C.llama_vocab_n_tokens(vocab)
+bos = C.llama_vocab_bos(vocab) if C.llama_vocab_get_add_bos(vocab) else None
+mem = C.llama_get_memory(ctx)
+rng = random.Random(cfg["seed"])
+
+def decode(tokens):
+    arr = (C.llama_token * len(tokens))(*tokens)
+    rc = C.llama_decode(ctx, C.llama_batch_get_one(arr, len(tokens)))
+    if rc != 0:
+        raise RuntimeError(f"llama_decode failed ({rc})")
+
+def first():
+    return bos if bos is not None else rng.randrange(n_vocab)
+
+def test_prompt(n):
+    tokens = [first()] + [rng.randrange(n_vocab) for _ in range(n - 1)]
+    for s in range(0, n, n_batch):
+        decode(tokens[s:s + n_batch])
+    C.llama_synchronize(ctx)
+
+def test_gen(n):
+    token = first()
+    for _ in range(n):
+        decode([token])
+        C.llama_synchronize(ctx)
+        token = rng.randrange(n_vocab)
+
+def timed(fn, n):
+    C.llama_memory_clear(mem, False)
+    t = time.perf_counter()
+    fn(n)
+    return n / (time.perf_counter() - t)
+
+def mean_sd(rates):
+    return statistics.fmean(rates), (statistics.stdev(rates) if len(rates) > 1 else 0.0)
+
+out = {"llama_cpp_version": C.__version__, "threads": threads, "load_s": load_s}
+if n_prompt:
+    timed(test_prompt, n_prompt)
+    rates = [timed(test_prompt, n_prompt) for _ in range(cfg["reps"])]
+    out[f"pp{n_prompt}"], out[f"pp{n_prompt}_sd"] = mean_sd(rates)
+    out[f"pp{n_prompt}_samples"] = rates
+if n_gen:
+    timed(test_gen, 1)
+    rates = [timed(test_gen, n_gen) for _ in range(cfg["reps"])]
+    out[f"tg{n_gen}"], out[f"tg{n_gen}_sd"] = mean_sd(rates)
+    out[f"tg{n_gen}_samples"] = rates
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["cold_start_s"] = None
+if cfg["cold_start"]:
+    code = ("import sys; from llama_cpp import Llama; "
+            f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False); "
+            "llm.create_completion('Hi', max_tokens=1, temperature=0)")
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, cfg["model"]], check=True, capture_output=True)
+    out["cold_start_s"] = time.perf_counter() - t
+print(json.dumps(out))
+"""
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bytes_per_token(path: str | os.PathLike) -> tuple[int, int]:
+    """(bytes of weights one decode step reads, bytes of all tensors).
+
+    Every weight matrix is read once per token, except the token-embedding table, of which only the
+    token's row is read, unless the output head is tied to it (no output.weight), when the head reads it
+    all. The growing KV cache is left out (a few MB over tg128 for these models).
+    """
+    from localllm.ggufio import GGUFFile
+
+    gf = GGUFFile(path)
+    total = sum(t.n_bytes for t in gf.tensors.values())
+    emb = gf.tensors.get("token_embd.weight")
+    read = total
+    if emb is not None and "output.weight" in gf.tensors:
+        read -= emb.n_bytes - emb.n_bytes // emb.shape[0]
+    return read, total
+
+
+def _run_json(python: str, script: str, cfg: dict) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([python, "-c", script, json.dumps(cfg)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{python} failed ({proc.returncode}):\n{proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def has_llama_cpp(python: str) -> str | None:
+    """llama-cpp-python's version in that interpreter, or None when it cannot import it."""
+    try:
+        proc = subprocess.run([python, "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def compare_model(path: str, args, llama_python: str | None) -> dict:
+    cfg = {"model": str(path), "threads": args.threads, "reps": args.reps, "n_prompt": args.n_prompt,
+           "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0}
+    read, total = bytes_per_token(path)
+    entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
+             "decode_limit_tps": args.bandwidth / read,
+             "localllm": _run_json(sys.executable, _LOCALLLM, cfg), "llama_cpp": None}
+    if llama_python:
+        try:
+            entry["llama_cpp"] = _run_json(llama_python, _LLAMA_CPP, cfg)
+        except RuntimeError as e:       # an architecture llama.cpp's build lacks should not stop the rest
+            entry["llama_cpp_error"] = str(e)
+    return entry
+
+
+def _tps(r: dict | None, test: str) -> str:
+    if not r or test not in r:
+        return "n/a"
+    return f"{r[test]:.2f} ± {r.get(test + '_sd', 0.0):.2f}"
+
+
+def _pct(r: dict | None, test: str, limit: float) -> str:
+    # The bandwidth limit bounds decode only; prefill is compute-bound.
+    return f"{100 * r[test] / limit:.0f} %" if test.startswith("tg") and r and test in r else ""
+
+
+def _secs(r: dict | None, key: str) -> str:
+    return "n/a" if not r or r.get(key) is None else f"{r[key]:.2f} s"
+
+
+def format_report(report: dict) -> str:
+    from localllm.bench import format_table, markdown_table
+
+    bw = report["bandwidth_gbs"]
+    lines = [f"# localllm vs llama.cpp, {report['date']}",
+             f"CPU: {report['cpu']}; threads: {report['threads']}; reps: {report['reps']}; "
+             f"llama-cpp-python: {report['llama_cpp_version'] or 'not available'}; "
+             f"decode limit at {bw:g} GB/s", ""]
+    for m in report["models"]:
+        ours, ref = m["localllm"], m["llama_cpp"]
+        lines += [f"## {Path(m['model']).name}", "", format_table(ours), ""]
+        rows = []
+        for test in (f"pp{report['n_prompt']}", f"tg{report['n_gen']}"):
+            if test not in ours:
+                continue
+            ratio = f"{ours[test] / ref[test]:.2f}x" if ref and ref.get(test) else "n/a"
+            limit = m["decode_limit_tps"]
+            rows.append([test, _tps(ours, test), _tps(ref, test), ratio,
+                         _pct(ours, test, limit), _pct(ref, test, limit)])
+        header = ["test", "localllm t/s", "llama.cpp t/s", "localllm / llama.cpp", "localllm % of limit",
+                  "llama.cpp % of limit"]
+        lines.append(markdown_table(header, rows, right=set(header[1:])))
+        lines += ["",
+                  f"decode limit: {bw:g} GB/s / {m['bytes_per_token'] / 1e6:.1f} MB read per token = "
+                  f"{m['decode_limit_tps']:.0f} t/s",
+                  f"load: localllm {_secs(ours, 'load_s')}, llama.cpp {_secs(ref, 'load_s')}; "
+                  f"cold start: localllm {_secs(ours, 'cold_start_s')}, llama.cpp {_secs(ref, 'cold_start_s')}; "
+                  f"peak RSS: localllm {ours['peak_rss_mb']:.0f} MiB, "
+                  f"llama.cpp {'n/a' if not ref else format(ref['peak_rss_mb'], '.0f') + ' MiB'}"]
+        if m.get("llama_cpp_error"):
+            lines.append(f"llama.cpp failed: {m['llama_cpp_error'].splitlines()[-1]}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+", help="GGUF files")
+    p.add_argument("--threads", type=int, default=None, help="threads for both engines (default: localllm's)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions after one warm-up (default 5)")
+    p.add_argument("--n-prompt", type=int, default=512, help="prompt tokens for pp (default 512)")
+    p.add_argument("--n-gen", type=int, default=128, help="decode steps for tg (default 128)")
+    p.add_argument("--llama-python", default=DEFAULT_LLAMA_PYTHON,
+                   help=f"interpreter with llama-cpp-python (default {DEFAULT_LLAMA_PYTHON})")
+    p.add_argument("--bandwidth", type=float, default=DEFAULT_BANDWIDTH / 1e9,
+                   help="memory bandwidth in GB/s for the decode limit (default 28)")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold-start timing")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    args = p.parse_args(argv)
+    args.bandwidth_gbs, args.bandwidth = args.bandwidth, args.bandwidth * 1e9
+    if args.threads is None:
+        from localllm.threads import default_threads
+        args.threads = default_threads()
+    for path in args.models:
+        if not Path(path).is_file():
+            p.error(f"{path}: no such file")
+
+    version = has_llama_cpp(args.llama_python)
+    if version is None:
+        print(f"note: {args.llama_python} cannot import llama_cpp; measuring localllm only", file=sys.stderr)
+    report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu_model(),
+              "n_cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps, "n_prompt": args.n_prompt,
+              "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs, "llama_cpp_version": version,
+              "python": platform.python_version(), "models": []}
+    for path in args.models:
+        print(f"benchmarking {Path(path).name} ...", file=sys.stderr)
+        report["models"].append(compare_model(path, args, args.llama_python if version else None))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Throughput measured the way llama-bench measures it, so the figures compare one to one.
+
+pp<N>: one batched prefill of N random token ids into an empty cache (BOS first when the model adds one).
+tg<N>: N single-token decode steps starting at position 0 of an empty cache, a random token each step.
+Each test runs once as a warm-up, then `reps` times; t/s is the mean ± sample sd over the repetitions
+(llama-bench averages per-repetition t/s, not total tokens over total time).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_COLD_START = ("import localllm, sys; llm = localllm.load(sys.argv[1], n_threads={threads}); "
+               "llm.generate('Hi', max_tokens=1, temperature=0)")
+
+
+def _n_vocab(llm) -> int:
+    # Ids that are both real tokens and embedding rows (some files pad the embedding).
+    return min(llm.n_vocab, llm.tokenizer.vocab_size)
+
+
+def _prompt_ids(llm, n: int, rng: np.random.Generator) -> list[int]:
+    ids = rng.integers(0, _n_vocab(llm), n).tolist()
+    tok = llm.tokenizer
+    if n and tok.add_bos and tok.bos_id is not None:
+        ids[0] = tok.bos_id
+    return ids
+
+
+def _reset(llm) -> None:
+    llm.cache.reset()
+    llm._ids = []
+
+
+def time_prompt(llm, ids: list[int]) -> float:
+    """Seconds for one prefill of `ids` into an empty cache, in chunks of llm.n_batch like llama_decode."""
+    _reset(llm)
+    t0 = time.perf_counter()
+    llm._forward(ids, 0, all_logits=False)
+    return time.perf_counter() - t0
+
+
+def time_gen(llm, n: int, rng: np.random.Generator) -> float:
+    """Seconds for n single-token decode steps from position 0 of an empty cache."""
+    _reset(llm)
+    first = _prompt_ids(llm, 1, rng)[0]
+    tokens = [first] + rng.integers(0, _n_vocab(llm), n - 1).tolist()
+    forward, cache = llm.model.forward, llm.cache
+    t0 = time.perf_counter()
+    for pos, token in enumerate(tokens):
+        forward(np.array([token], np.int64), pos, cache)
+    return time.perf_counter() - t0
+
+
+def _mean_sd(rates: list[float]) -> tuple[float, float]:
+    return statistics.fmean(rates), (statistics.stdev(rates) if len(rates) > 1 else 0.0)
+
+
+def cold_start_s(model_path: str | os.PathLike, n_threads: int | None = None) -> float:
+    """Wall time of a fresh `python -c` that imports localllm, loads the model and generates one token.
+
+    It includes interpreter start-up, imports and loading Numba's cached kernels (the JIT cache is warm
+    once anything has run in this environment), which is what a user waits for on `localllm run`.
+    """
+    code = _COLD_START.format(threads=repr(n_threads))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, os.fspath(model_path)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t0
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS; mapped weights count once they are touched.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def model_desc(gf) -> str:
+    """llama-bench's model column: architecture, parameter count, file type ("llama 135M Q4_1")."""
+    import gguf
+
+    n = gf.n_params()
+    size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+    ftype = gf.metadata.get("general.file_type")
+    try:
+        name = gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_") if ftype is not None else "?"
+    except ValueError:
+        name = f"type {ftype}"
+    return f"{gf.architecture} {size} {name}"
+
+
+def run_bench(model_path: str | os.PathLike, n_threads: int | None = None, reps: int = 5, n_prompt: int = 512,
+              n_gen: int = 128, n_ctx: int | None = None, cold_start: bool = True, seed: int = 0) -> dict:
+    """Load the model and measure pp<n_prompt> and tg<n_gen> t/s (mean and sd over `reps`), plus load
+    time, cold start (a fresh process, see cold_start_s) and this process's peak RSS."""
+    import localllm
+
+    if reps < 1:
+        raise ValueError("reps must be at least 1")
+    llm = localllm.load(model_path, n_ctx=n_ctx or max(n_prompt + n_gen, 16), n_threads=n_threads)
+    need = max(n_prompt, n_gen)
+    if need > llm.n_ctx:
+        raise ValueError(f"the tests need {need} positions but n_ctx is {llm.n_ctx}")
+    rng = np.random.default_rng(seed)
+    out = {
+        "model": llm.name,
+        "model_desc": model_desc(llm.gguf),
+        "path": str(llm.path),
+        "file_size": llm.gguf.file_size,
+        "n_params": llm.gguf.n_params(),
+        "backend": "CPU",
+        "threads": llm.n_threads,
+        "n_ctx": llm.n_ctx,
+        "n_batch": llm.n_batch,
+        "reps": reps,
+        "load_s": llm.load_s,
+    }
+    if n_prompt > 0:
+        ids = _prompt_ids(llm, n_prompt, rng)
+        time_prompt(llm, ids)                       # warm-up: JIT dispatch, page faults on the weights
+        rates = [n_prompt / time_prompt(llm, _prompt_ids(llm, n_prompt, rng)) for _ in range(reps)]
+        out[f"pp{n_prompt}"], out[f"pp{n_prompt}_sd"] = _mean_sd(rates)
+        out[f"pp{n_prompt}_samples"] = rates
+    if n_gen > 0:
+        time_gen(llm, 1, rng)                       # llama-bench warms tg up with a single token
+        rates = [n_gen / time_gen(llm, n_gen, rng) for _ in range(reps)]
+        out[f"tg{n_gen}"], out[f"tg{n_gen}_sd"] = _mean_sd(rates)
+        out[f"tg{n_gen}_samples"] = rates
+    _reset(llm)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    out["cold_start_s"] = cold_start_s(llm.path, n_threads) if cold_start else None
+    return out
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / (1 << 30):.2f} GiB" if n_bytes >= 1 << 30 else f"{n_bytes / (1 << 20):.2f} MiB"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def _tests(result: dict) -> list[str]:
+    return [k for k in result if (k.startswith("pp") or k.startswith("tg")) and k[2:].isdigit()]
+
+
+def markdown_table(header: list[str], rows: list[list[str]], right: set[str] = frozenset(),
+                   min_widths: dict[str, int] | None = None) -> str:
+    """A markdown table with padded columns; columns named in `right` are right-aligned."""
+    min_widths = min_widths or {}
+    widths = [max([len(h), min_widths.get(h, 0)] + [len(row[i]) for row in rows]) for i, h in enumerate(header)]
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if h in right else c.ljust(w)
+                                 for c, w, h in zip(cells, widths, header)) + " |"
+
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if h in right else "-" * w
+                             for w, h in zip(widths, header)) + " |"
+    return "\n".join([line(header), rule] + [line(row) for row in rows])
+
+
+def format_table(results: dict | list[dict]) -> str:
+    """llama-bench's markdown table, one row per model and test: model | size | params | backend |
+    threads | test | t/s (mean ± sd)."""
+    if isinstance(results, dict):
+        results = [results]
+    rows = []
+    for r in results:
+        for test in _tests(r):
+            rows.append([r.get("model_desc") or r["model"], _size(r["file_size"]), _params(r.get("n_params", 0)),
+                         r.get("backend", "CPU"), str(r["threads"]), test,
+                         f"{r[test]:.2f} ± {r.get(test + '_sd', 0.0):.2f}"])
+    return markdown_table(["model", "size", "params", "backend", "threads", "test", "t/s"], rows,
+                          right={"size", "params", "threads", "test", "t/s"},
+                          min_widths={"model": 30, "test": 15, "t/s": 20})   # llama-bench's widths
+
+
+def format_summary(result: dict) -> str:
+    """The figures the table leaves out: load, cold start, peak RSS."""
+    cold = result.get("cold_start_s")
+    return (f"load {result['load_s']:.2f} s, cold start "
+            f"{'n/a' if cold is None else f'{cold:.2f} s'}, peak RSS {result['peak_rss_mb']:.0f} MiB "
+            f"({Path(result['path']).name}, {result['reps']} reps)")

@@ -1,0 +1,155 @@
+"""The benchmark machinery on a tiny synthetic llama GGUF: structure and plausibility, never speed."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from localllm.bench import format_summary, format_table, run_bench
+
+N_EMBD, N_FF, N_LAYER, N_HEAD, N_KV_HEAD = 64, 128, 2, 4, 2
+
+
+def _byte_tokens() -> list[str]:
+    from localllm.tokenizer.bpe import BYTE_TO_CHAR
+    return [BYTE_TO_CHAR[b] for b in range(256)]
+
+
+def make_tiny_llama(path: Path, tied: bool = False) -> Path:
+    """2 layers, 64-wide, Q8_0 matrices and F32 norms, byte-level BPE over all 256 bytes plus one merge."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    tokens = _byte_tokens() + ["Hi", "<|endoftext|>"]
+    n_vocab = len(tokens)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("Tiny Bench")
+    w.add_context_length(256)
+    w.add_embedding_length(N_EMBD)
+    w.add_feed_forward_length(N_FF)
+    w.add_block_count(N_LAYER)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_KV_HEAD)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (n_vocab - 1) + [3])
+    w.add_token_merges(["H i"])
+    w.add_bos_token_id(n_vocab - 1)
+    w.add_eos_token_id(n_vocab - 1)
+
+    def matrix(name: str, rows: int, cols: int) -> None:
+        m = (rng.standard_normal((rows, cols)) * 0.1).astype(np.float32)
+        w.add_tensor(name, gguf.quants.quantize(m, gguf.GGMLQuantizationType.Q8_0),
+                     raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+
+    matrix("token_embd.weight", n_vocab, N_EMBD)
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, np.float32))
+    if not tied:
+        matrix("output.weight", n_vocab, N_EMBD)
+    head_dim = N_EMBD // N_HEAD
+    for i in range(N_LAYER):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(N_EMBD, np.float32))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(N_EMBD, np.float32))
+        matrix(p + "attn_q.weight", N_EMBD, N_EMBD)
+        matrix(p + "attn_k.weight", N_KV_HEAD * head_dim, N_EMBD)
+        matrix(p + "attn_v.weight", N_KV_HEAD * head_dim, N_EMBD)
+        matrix(p + "attn_output.weight", N_EMBD, N_EMBD)
+        matrix(p + "ffn_gate.weight", N_FF, N_EMBD)
+        matrix(p + "ffn_up.weight", N_FF, N_EMBD)
+        matrix(p + "ffn_down.weight", N_EMBD, N_FF)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("bench") / "tiny-bench.gguf")
+
+
+@pytest.fixture(scope="module")
+def result(tiny_model) -> dict:
+    return run_bench(tiny_model, n_threads=1, reps=2, n_prompt=16, n_gen=4)
+
+
+def _compare_module():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
+    spec = importlib.util.spec_from_file_location("bench_compare", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_bench_structure(result, tiny_model):
+    assert result["model"] == "Tiny Bench"
+    assert result["model_desc"] == "llama 107K Q8_0"
+    assert result["file_size"] == tiny_model.stat().st_size
+    assert result["threads"] == 1 and result["reps"] == 2
+    for test in ("pp16", "tg4"):
+        assert result[test] > 0 and result[test + "_sd"] >= 0
+        assert len(result[test + "_samples"]) == 2
+        assert result[test] == pytest.approx(np.mean(result[test + "_samples"]))
+    assert "pp512" not in result and "tg128" not in result
+    for key in ("load_s", "cold_start_s", "peak_rss_mb"):
+        assert result[key] > 0, key
+
+
+def test_run_bench_skips_a_test_of_zero_tokens(tiny_model):
+    r = run_bench(tiny_model, n_threads=1, reps=1, n_prompt=0, n_gen=3, cold_start=False)
+    assert "tg3" in r and r["tg3_sd"] == 0.0 and not any(k.startswith("pp") for k in r)
+    assert r["cold_start_s"] is None
+
+
+def test_run_bench_rejects_a_context_too_small(tiny_model):
+    with pytest.raises(ValueError, match="n_ctx"):
+        run_bench(tiny_model, n_threads=1, reps=1, n_prompt=32, n_gen=0, n_ctx=16, cold_start=False)
+
+
+def test_format_table_rows(result):
+    table = format_table(result)
+    lines = table.splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cells[0] == ["model", "size", "params", "backend", "threads", "test", "t/s"]
+    assert lines[1].startswith("| ---")
+    assert len(lines) == 4
+    assert [row[5] for row in cells[2:]] == ["pp16", "tg4"]
+    assert all(row[0] == "llama 107K Q8_0" and row[3] == "CPU" and row[4] == "1" and " ± " in row[6]
+               for row in cells[2:])
+    assert len({len(line) for line in lines}) == 1        # columns padded alike
+    assert format_table([result, result]).count("pp16") == 2
+    assert "peak RSS" in format_summary(result)
+
+
+def test_bytes_per_token_counts_one_embedding_row_unless_tied(tiny_model, tmp_path):
+    from localllm.ggufio import GGUFFile
+
+    compare = _compare_module()
+    gf = GGUFFile(tiny_model)
+    emb = gf.tensors["token_embd.weight"]
+    read, total = compare.bytes_per_token(tiny_model)
+    assert total == sum(t.n_bytes for t in gf.tensors.values())
+    assert read == total - emb.n_bytes + emb.n_bytes // emb.shape[0]
+    tied = make_tiny_llama(tmp_path / "tied.gguf", tied=True)
+    read, total = compare.bytes_per_token(tied)
+    assert read == total
+
+
+def test_compare_report_without_llama_cpp(result, tiny_model):
+    compare = _compare_module()
+    read, total = compare.bytes_per_token(tiny_model)
+    report = {"date": "2025-01-01T00:00:00+00:00", "cpu": compare.cpu_model(), "threads": 1, "reps": 2,
+              "n_prompt": 16, "n_gen": 4, "bandwidth_gbs": 28.0, "llama_cpp_version": None,
+              "models": [{"model": str(tiny_model), "bytes_per_token": read, "tensor_bytes": total,
+                          "decode_limit_tps": 28e9 / read, "localllm": result, "llama_cpp": None}]}
+    text = compare.format_report(report)
+    assert "CPU: " in text and "threads: 1" in text and "2025-01-01" in text
+    assert "| pp16 " in text and "| tg4 " in text and "n/a" in text
+    assert "% of limit" in text
