@@ -257,3 +257,13 @@ def test_model_path_runs_local_files_in_place(hub_env, tmp_path):
         pull(str(local), store)
     with pytest.raises(ModelNotFoundError, match="not downloaded; run `localllm pull tiny:test`"):
         model_path("tiny", store, pull_missing=False)
+
+
+def test_the_python_api_finds_store_names(hub_env, capsys):
+    from localllm.hub.store import resolve_local
+
+    path = resolve_local("tiny")                      # pulled on first use, like `localllm run`
+    assert path.read_bytes() == hub_env.data and "downloading tiny:test" in capsys.readouterr().err
+    assert resolve_local("tiny:test") == path
+    with pytest.raises(ModelNotFoundError, match="did you mean 'tiny:test'"):
+        resolve_local("tinyy")

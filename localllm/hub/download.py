@@ -276,10 +276,6 @@ def _disk_error(e: OSError, what: str, where: Path) -> DownloadError:
 
 
 def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    """Decimal units, as the progress bar and `localllm list` show them."""
+    from .info import human_bytes
+    return human_bytes(n)

@@ -21,6 +21,23 @@ from .store import Record, Store, blob_name
 _DISK_MARGIN = 32 << 20     # keep this much free beyond the download itself
 
 
+def text_reporter() -> Reporter:
+    """Plain lines on stderr (for the Python API; the CLI draws a progress bar instead)."""
+    import sys
+
+    class Lines(Reporter):
+        def info(self, msg):
+            print(f"localllm: {msg}", file=sys.stderr)
+
+        def warn(self, msg):
+            print(f"localllm: warning: {msg}", file=sys.stderr)
+
+        def start(self, description, total, completed=0):
+            print(f"localllm: downloading {description} ({dl._human(total)})", file=sys.stderr)
+
+    return Lines()
+
+
 def resolve_name(name: str | None, store: Store) -> ModelRef:
     return resolve(name, known=store.names())
 
@@ -205,7 +222,7 @@ def _check_space(store: Store, name: str, size: int | None, sha: str | None, rep
     if show:
         left = f", {h(need)} left to fetch" if have else ""
         mem_txt = f" · {h(mem)} free memory" if mem is not None else ""
-        reporter.info(f"{name}: {h(size)}{left} · {h(free)} free disk{mem_txt}")
+        reporter.info(f"{name}: {h(size)} to download{left} · {h(free)} free disk{mem_txt}")
     if need + _DISK_MARGIN > free:
         raise DiskSpaceError(f"not enough disk space for {name}: it needs {h(need)}, {h(free)} is free "
                              f"at {store.root}; free some space (`localllm rm` unused models) or set "

@@ -144,3 +144,12 @@ class Store:
         if not any(r.blob == rec.blob for r in self.list()):
             self.blob_path(rec.blob).unlink(missing_ok=True)
         return rec
+
+
+def resolve_local(name: str, pull_missing: bool = True) -> Path:
+    """The file a model name stands for, for `localllm.load("smollm2")`: from the store, pulled first
+    if missing (progress lines go to stderr). Raises ModelNotFoundError / DownloadError."""
+    from .pull import model_path, text_reporter
+
+    path, _ = model_path(name, Store(), text_reporter(), pull_missing=pull_missing)
+    return path

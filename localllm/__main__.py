@@ -1,0 +1,5 @@
+"""`python -m localllm ...` is the `localllm` command."""
+from .cli import main
+
+if __name__ == "__main__":
+    main()
