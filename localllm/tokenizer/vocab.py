@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import LocalLLMError
 
@@ -75,8 +74,8 @@ class Vocab:
     add_space_prefix: bool
     eog_ids: frozenset[int]
     special_ids: list[int] = field(default_factory=list)   # CONTROL/USER_DEFINED/UNKNOWN, longest text first
-    _special_regex: Any = None
-    _special_by_text: dict = field(default_factory=dict)
+    _special_finder: re.Pattern | None = field(default=None, repr=False)     # built on first use
+    _special_by_text: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "Vocab":
@@ -147,8 +146,8 @@ class Vocab:
                 attrs[token_to_id[text]] = TokenAttr.USER_DEFINED
         eog.update(ids[r] for r in ("eos", "eot", "eom") if ids[r] is not None)
         by_text = {tokens[i]: i for i in eog}
-        if "<|end|>" in by_text and (("<|return|>" in by_text and ("<|call|>" in by_text or "<|calls|>" in by_text))
-                                     or ("<|calls|>" in by_text and "<|flush|>" in by_text)):
+        has_call = "<|call|>" in by_text or "<|calls|>" in by_text
+        if "<|end|>" in by_text and has_call and ("<|return|>" in by_text or "<|flush|>" in by_text):
             eog.discard(by_text["<|end|>"])
             attrs[by_text["<|end|>"]] = TokenAttr.USER_DEFINED
         if "</s>" in by_text and ("<|tool_response>" in by_text or "<|plamo:eos|>" in by_text):
@@ -156,7 +155,7 @@ class Vocab:
             attrs[by_text["</s>"]] = TokenAttr.NORMAL
 
         mask = TokenAttr.CONTROL | TokenAttr.USER_DEFINED | TokenAttr.UNKNOWN
-        special_ids = sorted((i for i in range(n) if attrs[i] & mask), key=lambda i: -len(tokens[i]))
+        special_ids = sorted((i for i in range(n) if attrs[i] & mask), key=lambda i: -len(tokens[i].encode()))
         return cls(model=model, pre=pre, tokens=tokens, attrs=attrs, scores=scores, token_to_id=token_to_id,
                    merges=merges, bos_id=ids["bos"], eos_id=ids["eos"], unk_id=ids["unk"],
                    eot_id=ids["eot"], eom_id=ids["eom"], add_bos=add_bos, add_eos=add_eos,
@@ -197,18 +196,16 @@ class Vocab:
 
     def _special_tokens_in(self, text: str) -> set[int]:
         """Ids of special tokens occurring anywhere in text, overlapping occurrences included."""
-        if self._special_regex is None:
+        if self._special_finder is None:
             self._special_by_text = {}
             for i in self.special_ids:
                 self._special_by_text.setdefault(self.tokens[i], []).append(i)
             # A zero-width lookahead over a trie finds the longest special token at every position;
             # stdlib re scans it ~50x faster than a flat alternation of thousands of literals.
-            self._special_regex = (re.compile("(?=(" + _trie_pattern(self._special_by_text) + "))")
-                                   if self._special_by_text else False)
-        if self._special_regex is False:
-            return set()
+            self._special_finder = re.compile("(?=(" + _trie_pattern(self._special_by_text) + "))"
+                                              if self._special_by_text else "(?!)")
         found: set[int] = set()
-        for longest in set(self._special_regex.findall(text)):
+        for longest in set(self._special_finder.findall(text)):
             # Every special token that matches where the longest one starts is a prefix of it.
             for k in range(1, len(longest) + 1):
                 found.update(self._special_by_text.get(longest[:k], ()))
