@@ -188,8 +188,9 @@ def run(
     repeat_penalty: Annotated[Optional[float], typer.Option("--repeat-penalty", min=0.0,
                                                             help="Penalty on repeated tokens.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable output.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1,
-                                                      help="Stop after this many tokens.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        "--max-tokens", "-n", min=1, show_default=False,
+        help="Stop after this many tokens [default: when the model stops or the context is full].")] = None,
     ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", min=16, help="Context window (tokens).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
@@ -225,9 +226,11 @@ def run(
             run_chat(str(path), **opts)
             return
         llm, load_s = _load(path, ref.name, ctx, threads)
+        sampling.setdefault("max_tokens", _until_full(llm))
         _chat_loop(llm, ref.name, system, raw, sampling, verbose, load_s)
         return
     llm, load_s = _load(path, ref.name, ctx, threads)
+    sampling.setdefault("max_tokens", _until_full(llm))
     if raw:
         chunks = llm.stream(text, **sampling)
     else:
@@ -263,6 +266,11 @@ def _load(path, label: str, ctx, threads):
     else:
         llm = localllm.load(str(path), n_ctx=ctx, n_threads=threads)
     return llm, time.perf_counter() - t
+
+
+def _until_full(llm) -> int:
+    """No token limit of our own, as `ollama run`: the engine stops at the end of the context."""
+    return int(getattr(llm, "n_ctx", 0) or 4096)
 
 
 def _stream_out(chunks) -> tuple[str, object]:
@@ -362,6 +370,10 @@ def _chat_loop(llm, label: str, system, raw: bool, sampling: dict, verbose: bool
         except KeyboardInterrupt:
             sys.stdout.write("\n")
             history.pop()
+            continue
+        except LocalLLMError as e:   # e.g. the conversation outgrew the context: say so, keep chatting
+            history.pop()
+            sys.stderr.write(f"Error: {e}\n(/clear starts a new conversation; --ctx sets a larger context)\n")
             continue
         history.append({"role": "assistant", "content": reply})
         if verbose:

@@ -5,8 +5,9 @@ It answers what localllm (through huggingface_hub's session) asks of the real hu
     GET  /api/models/{repo}/revision/{rev}               repo info (id, sha, siblings)
     HEAD /{repo}/resolve/{rev}/{file}                    X-Repo-Commit, ETag, X-Linked-Etag/-Size, Content-Length
     GET  /{repo}/resolve/{rev}/{file}                    the bytes, with Range -> 206 / 416
-Knobs per file: `cut` (cut the connection after that many bytes, that many times) and `serve` (bytes to
-send instead of the advertised ones: a corrupted upload). Every request is logged in `requests`.
+Knobs per file: `cut_after`/`cut_times` (drop the connection after that many bytes, that many times),
+`serve` (bytes to send instead of the advertised ones: a corrupted upload), `pause_s` (a slow download).
+A repo that doesn't exist gets 401 + X-Error-Code: RepoNotFound, as from the real hub. Every request is logged in `requests`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +30,7 @@ class HostedFile:
     serve: bytes | None = None          # what GET actually sends (None: `data`)
     cut_after: int | None = None        # drop the connection after this many body bytes ...
     cut_times: int = 0                  # ... this many times
+    pause_s: float = 0.0                # sleep half-way through the body (a slow download)
 
     @property
     def sha256(self) -> str:
@@ -66,7 +69,8 @@ class FakeHub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -109,7 +113,8 @@ class FakeHub:
         # repo ids are case-insensitive on the hub (it redirects to the canonical spelling)
         files = next((v for k, v in self.repos.items() if k.lower() == repo.lower()), None)
         if files is None:
-            self._json(h, 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            # as the real hub answers anonymous requests for a repo that doesn't exist (or is private)
+            self._json(h, 401, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         return files
 
     def _tree(self, h, repo: str) -> None:
@@ -167,6 +172,11 @@ class FakeHub:
             h.close_connection = True
             h.connection.shutdown(2)   # the client sees a body shorter than Content-Length
             return
+        if f.pause_s:
+            h.wfile.write(body[:len(body) // 2])
+            h.wfile.flush()
+            time.sleep(f.pause_s)
+            body = body[len(body) // 2:]
         h.wfile.write(body)
 
 

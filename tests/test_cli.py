@@ -237,6 +237,8 @@ def test_run_raw_skips_the_chat_template(hub_env, fake_engine):
     r = runner.invoke(app, ["run", "tiny", "Once upon a time", "--raw", "-n", "2"])
     assert r.exit_code == 0 and r.stdout == " raw text\n"
     assert fake_engine[0].calls == [("stream", "Once upon a time", {"max_tokens": 2})]
+    runner.invoke(app, ["run", "tiny", "Once", "--raw"])       # no limit given: up to the context's end
+    assert fake_engine[1].calls == [("stream", "Once", {"max_tokens": FakeLLM.n_ctx})]
 
 
 def test_run_a_local_file_in_place(tmp_path, hub_env, fake_engine):
@@ -305,3 +307,23 @@ def test_real_run_smollm2(smollm2_path, tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     assert "eval rate:" in r.stderr
+
+
+def test_chat_loop_survives_a_context_overflow(hub_env, fake_engine, monkeypatch):
+    from localllm.errors import ContextOverflowError
+
+    monkeypatch.setattr(cli, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli, "_has_tui", lambda: False)
+    runner.invoke(app, ["pull", "tiny"])
+    real_chat = FakeLLM.chat
+
+    def chat(self, messages, stream=True, **kw):
+        if "long" in messages[-1]["content"]:
+            raise ContextOverflowError("the prompt (300 tokens) does not fit in the context (256)")
+        return real_chat(self, messages, stream, **kw)
+
+    monkeypatch.setattr(FakeLLM, "chat", chat)
+    r = runner.invoke(app, ["run", "tiny"], input="a long one\nshort\n")
+    assert r.exit_code == 0 and "does not fit" in r.stderr and "/clear" in r.stderr
+    assert r.stdout.count("Hello from tiny.") == 1
+    assert fake_engine[0].calls[-1][1] == [{"role": "user", "content": "short"}]   # the failed turn is gone

@@ -267,3 +267,25 @@ def test_the_python_api_finds_store_names(hub_env, capsys):
     assert resolve_local("tiny:test") == path
     with pytest.raises(ModelNotFoundError, match="did you mean 'tiny:test'"):
         resolve_local("tinyy")
+
+
+def test_two_pulls_of_one_file_download_it_once(hub_env):
+    import threading
+
+    hub_env.hub.repos[REPO][Q4].pause_s = 0.5
+    results, errors = [], []
+
+    def go(name):
+        try:
+            results.append(pull(name, Store()))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in ("tiny", "hf.co/test/Tiny-GGUF:Q4_K_M")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(results) == 2 and results[0].blob == results[1].blob
+    assert len(hub_env.hub.gets(Q4)) == 1
+    assert Store().path_of(results[0]).read_bytes() == hub_env.data

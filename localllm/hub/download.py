@@ -108,11 +108,17 @@ def _raise_for_status(r, what: str) -> None:
         return
     if code >= 500 or code in (408, 429):
         raise HubUnreachableError(f"{what}: the hub answered {code} ({hub_endpoint()}); try again later")
+    err = r.headers.get("X-Error-Code", "")
+    if err == "GatedRepo":
+        raise DownloadError(f"{what}: the repository is gated; accept its terms on the hub, then set "
+                            f"HF_TOKEN to a token of that account")
+    if code == 404 or err in ("RepoNotFound", "EntryNotFound", "RevisionNotFound"):
+        # the hub answers 401 for a repo that doesn't exist (or is private) to anonymous requests
+        hint = "; if it is private, set HF_TOKEN" if code == 401 else ""
+        raise ModelNotFoundError(f"{what}: not found on the hub ({hub_endpoint()}); check the name{hint}")
     if code in (401, 403):
         raise DownloadError(f"{what}: access denied ({code}); if the repository is gated or private, "
                             f"accept its terms on the hub and set HF_TOKEN")
-    if code == 404:
-        raise ModelNotFoundError(f"{what}: not found on the hub ({hub_endpoint()}); check the name")
     raise DownloadError(f"{what}: the hub answered {code}")
 
 
@@ -189,10 +195,17 @@ def download(url: str, dest: Path, partial: Path, *, what: str, size: int | None
     `Range: bytes=<have>-` up to `retries` times, then left for the next call. The file is renamed to
     `dest` only when its size and sha256 match; a mismatch deletes it.
     """
+    reporter = reporter or Reporter()
+    try:
+        return _download(url, dest, partial, what, size, sha256, reporter,
+                         download_retries() if retries is None else retries)
+    finally:
+        reporter.stop()     # also on Ctrl-C: the progress display must give the terminal back
+
+
+def _download(url, dest, partial, what, size, sha256, reporter, retries):
     import httpx2
 
-    reporter = reporter or Reporter()
-    retries = download_retries() if retries is None else retries
     partial.parent.mkdir(parents=True, exist_ok=True)
     have = partial.stat().st_size if partial.exists() else 0
     if size is not None and have > size:

@@ -154,13 +154,41 @@ def _download(store: Store, url: str, name: str, size: int | None, sha: str | No
     # a known sha names both the partial file and the blob; otherwise the URL names the partial
     key = sha or "url-" + hashlib.sha256(url.encode()).hexdigest()[:32]
     partial = store.partial_path(key)
-    if sha:
-        return dl.download(url, store.blob_path(sha), partial, what=name, size=size, sha256=sha,
-                           reporter=reporter)
-    tmp = store.blobs / f".tmp-{key}"
-    got, revision = dl.download(url, tmp, partial, what=name, size=size, sha256=None, reporter=reporter)
-    os.replace(tmp, store.blob_path(got))
-    return got, revision
+    with _lock(store, key, name, reporter):   # two pulls of one file: the second waits, then finds it
+        if sha and store.has_blob(sha):
+            return sha, None
+        if sha:
+            return dl.download(url, store.blob_path(sha), partial, what=name, size=size, sha256=sha,
+                               reporter=reporter)
+        tmp = store.blobs / f".tmp-{key}"
+        got, revision = dl.download(url, tmp, partial, what=name, size=size, sha256=None, reporter=reporter)
+        os.replace(tmp, store.blob_path(got))
+        return got, revision
+
+
+def _lock(store: Store, key: str, name: str, reporter: Reporter):
+    from filelock import FileLock, Timeout
+
+    locks = store.root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(locks / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0.1)
+    except Timeout:
+        reporter.info(f"another localllm is downloading {name}; waiting for it")
+        lock.acquire()
+    return _Held(lock)
+
+
+class _Held:
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
 
 
 def _adopt(store: Store, src: Path, sha: str | None, reporter: Reporter) -> str | None:
