@@ -57,6 +57,7 @@ class LLM:
         self.model = arch.load_model(self.gguf, self.n_ctx)
         self.n_vocab = self.model.n_vocab
         self.cache = self.model.make_cache(self.n_ctx)
+        self.gguf.release_pages()
         self._ids: list[int] = []        # tokens whose keys/values are in the cache
         self.load_s = time.perf_counter() - t0
 

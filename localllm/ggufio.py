@@ -171,6 +171,12 @@ class GGUFFile:
                 name=name, type_id=type_id, type_name=qtype.name if qtype else f"type {type_id}",
                 shape=shape, n_elements=n_el, n_bytes=n_bytes, data=data)
 
+    def release_pages(self) -> None:
+        """Drop this process's mapping of pages read so far (repacked weights no longer need them);
+        the file stays mapped and pages read again come back from the page cache."""
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
     @property
     def architecture(self) -> str:
         arch = self.metadata.get("general.architecture")

@@ -4,8 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 from .ggufio import TensorInfo
+import os
+
 from .kernels.quantized import dequantize_rows, gather_rows, matmul_small, matvec
+from .kernels.repacked import R as PACK_ROWS, dequantize_packed, matmul_packed, repack
 from .quants import get_format
+
+REPACK = os.environ.get("LOCALLLM_REPACK", "1") != "0"   # 0: run on the GGUF blocks as stored
 
 SMALL_BATCH = 8            # up to this many rows of activations: kernels straight on quantized rows
 DEQUANT_CHUNK = 1 << 24    # floats dequantized at a time for the BLAS path (64 MB)
@@ -39,24 +44,36 @@ class Linear:
             from .errors import GGUFError
             raise GGUFError(f"tensor {weight.name!r}: {self.n_in} columns is not a multiple of the "
                             f"{fmt.name} block size {fmt.block_size}")
-        self.raw = raw_rows(weight)                       # uint8 (n_out, row_bytes)
         self.bias = None if bias is None else np.asarray(bias.data, np.float32).reshape(-1)  # (n_out,)
+        self.packed = repack(fmt, raw_rows(weight)) if REPACK and fmt.codes else None
+        self.raw = None if self.packed else raw_rows(weight)   # uint8 (n_out, row_bytes)
+
+    def _dequantize(self, r0: int, r1: int, out: np.ndarray) -> None:
+        """Rows r0..r1 of W as float32 into out (r1 - r0, n_in)."""
+        if self.packed is None:
+            dequantize_rows(self.type_id, self.raw[r0:r1], out)
+            return
+        pm, g0 = self.packed, r0 // PACK_ROWS
+        g1 = -(-r1 // PACK_ROWS)
+        dequantize_packed(pm.q[g0:g1], pm.scale[g0:g1], pm.offset[g0:g1], pm.nibbles, out)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """x float32 (T, n_in) -> (T, n_out)."""
         t = x.shape[0]
         if out is None:
             out = np.empty((t, self.n_out), np.float32)
-        if t == 1:
+        if t <= SMALL_BATCH and self.packed is not None:
+            matmul_packed(self.packed, x, out)
+        elif t == 1:
             matvec(self.type_id, self.raw, x[0], out[0])
         elif t <= SMALL_BATCH:
             matmul_small(self.type_id, self.raw, x, out)
         else:
-            rows = max(1, min(self.n_out, DEQUANT_CHUNK // self.n_in))
+            rows = max(PACK_ROWS, min(self.n_out, DEQUANT_CHUNK // self.n_in) // PACK_ROWS * PACK_ROWS)
             for r0 in range(0, self.n_out, rows):
                 r1 = min(self.n_out, r0 + rows)
                 wf = _scratch_f32((r1 - r0) * self.n_in).reshape(r1 - r0, self.n_in)
-                dequantize_rows(self.type_id, self.raw[r0:r1], wf)
+                self._dequantize(r0, r1, wf)
                 np.matmul(x, wf.T, out=out[:, r0:r1])
         if self.bias is not None:
             out += self.bias

@@ -28,6 +28,7 @@ class QuantFormat:
     dequantize_row: Callable  # numba: (raw uint8 (row_bytes,), out float32 (n_cols,)) -> None
     reference: Callable       # numpy: uint8 (n_blocks, type_size) -> float32 (n_blocks, block_size)
     codes: Callable | None = None  # numpy: blocks -> (q int8, scale, offset), see above
+    code_range: tuple = (-128, 127)  # smallest and largest q that `codes` returns
 
     def row_bytes(self, n_cols: int) -> int:
         return n_cols // self.block_size * self.type_size

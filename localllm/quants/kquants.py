@@ -292,8 +292,8 @@ reference_q2_k, reference_q3_k, reference_q4_k, reference_q5_k, reference_q6_k =
     _reference_from(c) for c in (codes_q2_k, codes_q3_k, codes_q4_k, codes_q5_k, codes_q6_k))
 
 
-Q2_K = register(QuantFormat("Q2_K", 10, QK_K, Q2_K_SIZE, dequantize_row_q2_k, reference_q2_k, codes_q2_k))
-Q3_K = register(QuantFormat("Q3_K", 11, QK_K, Q3_K_SIZE, dequantize_row_q3_k, reference_q3_k, codes_q3_k))
-Q4_K = register(QuantFormat("Q4_K", 12, QK_K, Q4_K_SIZE, dequantize_row_q4_k, reference_q4_k, codes_q4_k))
-Q5_K = register(QuantFormat("Q5_K", 13, QK_K, Q5_K_SIZE, dequantize_row_q5_k, reference_q5_k, codes_q5_k))
-Q6_K = register(QuantFormat("Q6_K", 14, QK_K, Q6_K_SIZE, dequantize_row_q6_k, reference_q6_k, codes_q6_k))
+Q2_K = register(QuantFormat("Q2_K", 10, QK_K, Q2_K_SIZE, dequantize_row_q2_k, reference_q2_k, codes_q2_k, (0, 3)))
+Q3_K = register(QuantFormat("Q3_K", 11, QK_K, Q3_K_SIZE, dequantize_row_q3_k, reference_q3_k, codes_q3_k, (-4, 3)))
+Q4_K = register(QuantFormat("Q4_K", 12, QK_K, Q4_K_SIZE, dequantize_row_q4_k, reference_q4_k, codes_q4_k, (0, 15)))
+Q5_K = register(QuantFormat("Q5_K", 13, QK_K, Q5_K_SIZE, dequantize_row_q5_k, reference_q5_k, codes_q5_k, (0, 31)))
+Q6_K = register(QuantFormat("Q6_K", 14, QK_K, Q6_K_SIZE, dequantize_row_q6_k, reference_q6_k, codes_q6_k, (-32, 31)))

@@ -140,8 +140,8 @@ def _codes_q8_0(blocks):
     return _codes(blocks[:, 2:].view(np.int8), _scales(blocks, 0))
 
 
-Q4_0 = register(QuantFormat("Q4_0", 2, 32, 18, dequantize_row_q4_0, _ref_q4_0, _codes_q4_0))
-Q4_1 = register(QuantFormat("Q4_1", 3, 32, 20, dequantize_row_q4_1, _ref_q4_1, _codes_q4_1))
-Q5_0 = register(QuantFormat("Q5_0", 6, 32, 22, dequantize_row_q5_0, _ref_q5_0, _codes_q5_0))
-Q5_1 = register(QuantFormat("Q5_1", 7, 32, 24, dequantize_row_q5_1, _ref_q5_1, _codes_q5_1))
-Q8_0 = register(QuantFormat("Q8_0", 8, 32, 34, dequantize_row_q8_0, _ref_q8_0, _codes_q8_0))
+Q4_0 = register(QuantFormat("Q4_0", 2, 32, 18, dequantize_row_q4_0, _ref_q4_0, _codes_q4_0, (-8, 7)))
+Q4_1 = register(QuantFormat("Q4_1", 3, 32, 20, dequantize_row_q4_1, _ref_q4_1, _codes_q4_1, (0, 15)))
+Q5_0 = register(QuantFormat("Q5_0", 6, 32, 22, dequantize_row_q5_0, _ref_q5_0, _codes_q5_0, (-16, 15)))
+Q5_1 = register(QuantFormat("Q5_1", 7, 32, 24, dequantize_row_q5_1, _ref_q5_1, _codes_q5_1, (0, 31)))
+Q8_0 = register(QuantFormat("Q8_0", 8, 32, 34, dequantize_row_q8_0, _ref_q8_0, _codes_q8_0, (-128, 127)))

@@ -1,0 +1,212 @@
+"""Matrix kernels on weights repacked once at load into a SIMD-friendly layout.
+
+The GGUF block layouts keep the 32 weights of a block together, so a kernel that walks them has a
+fixed 32-long inner loop, which Numba leaves scalar (notes/numba-kernels.md). Here `R` consecutive
+rows are interleaved instead: for each column k the R codes of a row group lie side by side, and the
+inner loop runs across rows, where it vectorises. Codes come from each format's `codes` trait:
+weight = scale * q + offset per group of `gs` columns.
+
+- 4-bit kinds (16 code values: Q4_0, Q4_1, Q4_K) keep two columns per byte: qn uint8 (G, K/2, R),
+  column 2i in the low nibble, 2i+1 in the high one; the code minimum is folded into the offset.
+- other kinds keep one int8 code per weight: q8 int8 (G, K, R).
+scale, offset: float32 (G, n_groups, R). Activations stay float32; per-group sums of x apply offsets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+R = 32          # rows interleaved per group: a 32-long run fills the vectorised loop body with no
+                # scalar remainder (16 left the whole loop in the remainder: 1.4-2x slower)
+T_TILE = 32     # activation rows per pass over a row group (weights unpacked once per tile)
+CHUNK_GROUPS = 16  # row groups repacked at a time
+
+
+@dataclass
+class PackedMatrix:
+    n_rows: int
+    n_cols: int
+    gs: int                  # columns per scale group
+    nibbles: bool            # 4-bit codes, two per byte
+    q: np.ndarray            # uint8 (G, K/2, R) if nibbles else int8 (G, K, R)
+    scale: np.ndarray        # float32 (G, n_groups, R)
+    offset: np.ndarray       # float32 (G, n_groups, R), or (G, 0, R) when every offset is 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes + self.scale.nbytes + self.offset.nbytes
+
+
+def repack(fmt, raw: np.ndarray) -> PackedMatrix:
+    """Quantized rows uint8 (n_rows, row_bytes) of format `fmt` (which has `codes`) -> PackedMatrix.
+
+    Works through CHUNK_GROUPS row groups at a time so the temporaries stay small.
+    """
+    n_rows = raw.shape[0]
+    n_cols = raw.shape[1] // fmt.type_size * fmt.block_size
+    lo, hi = fmt.code_range
+    nibbles = hi - lo <= 15 and n_cols % 2 == 0
+    n_grp = -(-n_rows // R)
+    q = np.zeros((n_grp, n_cols // 2 if nibbles else n_cols, R), np.uint8 if nibbles else np.int8)
+    scale = offset = None
+    for g0 in range(0, n_grp, CHUNK_GROUPS):
+        r0, r1 = g0 * R, min(n_rows, (g0 + CHUNK_GROUPS) * R)
+        cq, cs, co = fmt.codes(raw[r0:r1].reshape(-1, fmt.type_size))
+        if scale is None:
+            ng = n_cols // fmt.block_size * cs.shape[1]
+            scale = np.zeros((n_grp, ng, R), np.float32)
+            offset = np.zeros((n_grp, ng, R), np.float32)
+        cq = cq.reshape(r1 - r0, n_cols)
+        cs = cs.reshape(r1 - r0, -1)
+        co = co.reshape(r1 - r0, -1)
+        if nibbles:
+            u = (cq.astype(np.int16) - lo).astype(np.uint8)
+            if lo:
+                co = co + cs * np.float32(lo)
+            cq = u[:, 0::2] | (u[:, 1::2] << np.uint8(4))
+        gs = slice(g0, g0 + -(-(r1 - r0) // R))
+        _interleave_into(q[gs], cq)
+        _interleave_into(scale[gs], cs)
+        _interleave_into(offset[gs], co)
+    if not offset.any():
+        offset = offset[:, :0]
+    return PackedMatrix(n_rows, n_cols, n_cols // scale.shape[1], nibbles, q, scale, offset)
+
+
+def _interleave_into(dst: np.ndarray, a: np.ndarray) -> None:
+    """a (rows, X) -> dst (G, X, R), row g*R + r going to dst[g, :, r]; missing rows stay zero."""
+    n = a.shape[0]
+    full = n // R
+    if full:
+        dst[:full] = a[:full * R].reshape(full, R, -1).transpose(0, 2, 1)
+    if n % R:
+        dst[full, :, :n % R] = a[full * R:].T
+
+
+@njit(cache=True, parallel=True)
+def group_sums(x, gs, out):
+    """out (T, K/gs) = sums of x (T, K) over each group of gs columns."""
+    t_n, ng = out.shape
+    for t in prange(t_n):
+        for g in range(ng):
+            s = np.float32(0.0)
+            for k in range(g * gs, (g + 1) * gs):
+                s += x[t, k]
+            out[t, g] = s
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def matmul_nibbles(q, scale, offset, x, xsum, out):
+    """out (T, n_rows) = x (T, K) @ W.T for 4-bit packed W; xsum (T, n_groups) group sums of x."""
+    n_grp, half, r_n = q.shape
+    ng = scale.shape[1]
+    hgs = half // ng                         # bytes per scale group
+    t_n, n_rows = x.shape[0], out.shape[1]
+    has_off = offset.shape[1] > 0
+    for g in prange(n_grp):
+        w0 = np.empty(r_n, np.float32)        # (R,) unpacked column 2i
+        w1 = np.empty(r_n, np.float32)        # (R,) unpacked column 2i+1
+        part = np.empty((T_TILE, r_n), np.float32)
+        acc = np.empty((T_TILE, r_n), np.float32)
+        r0 = g * r_n
+        nr = min(r_n, n_rows - r0)
+        for t0 in range(0, t_n, T_TILE):
+            tt = min(T_TILE, t_n - t0)
+            acc[:tt] = 0.0
+            for grp in range(ng):
+                part[:tt] = 0.0
+                for i in range(grp * hgs, (grp + 1) * hgs):
+                    for r in range(r_n):
+                        b = q[g, i, r]
+                        w0[r] = np.float32(b & 15)
+                        w1[r] = np.float32(b >> 4)
+                    for t in range(tt):
+                        x0 = x[t0 + t, 2 * i]
+                        x1 = x[t0 + t, 2 * i + 1]
+                        for r in range(r_n):
+                            part[t, r] += w0[r] * x0 + w1[r] * x1
+                for t in range(tt):
+                    for r in range(r_n):
+                        acc[t, r] += scale[g, grp, r] * part[t, r]
+                    if has_off:
+                        xs = xsum[t0 + t, grp]
+                        for r in range(r_n):
+                            acc[t, r] += offset[g, grp, r] * xs
+            for t in range(tt):
+                for r in range(nr):
+                    out[t0 + t, r0 + r] = acc[t, r]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def matmul_int8(q, scale, offset, x, xsum, out):
+    """out (T, n_rows) = x (T, K) @ W.T for int8 codes W; xsum (T, n_groups) group sums of x."""
+    n_grp, k_n, r_n = q.shape
+    ng = scale.shape[1]
+    gs = k_n // ng
+    t_n, n_rows = x.shape[0], out.shape[1]
+    has_off = offset.shape[1] > 0
+    for g in prange(n_grp):
+        w = np.empty(r_n, np.float32)
+        part = np.empty((T_TILE, r_n), np.float32)
+        acc = np.empty((T_TILE, r_n), np.float32)
+        r0 = g * r_n
+        nr = min(r_n, n_rows - r0)
+        for t0 in range(0, t_n, T_TILE):
+            tt = min(T_TILE, t_n - t0)
+            acc[:tt] = 0.0
+            for grp in range(ng):
+                part[:tt] = 0.0
+                for k in range(grp * gs, (grp + 1) * gs):
+                    for r in range(r_n):
+                        w[r] = np.float32(q[g, k, r])
+                    for t in range(tt):
+                        xv = x[t0 + t, k]
+                        for r in range(r_n):
+                            part[t, r] += w[r] * xv
+                for t in range(tt):
+                    for r in range(r_n):
+                        acc[t, r] += scale[g, grp, r] * part[t, r]
+                    if has_off:
+                        xs = xsum[t0 + t, grp]
+                        for r in range(r_n):
+                            acc[t, r] += offset[g, grp, r] * xs
+            for t in range(tt):
+                for r in range(nr):
+                    out[t0 + t, r0 + r] = acc[t, r]
+
+
+@njit(cache=True, parallel=True)
+def dequantize_packed(q, scale, offset, nibbles, out):
+    """out (n_rows, K) float32 = the weights of a packed matrix (for the BLAS prefill path)."""
+    n_grp, r_n = q.shape[0], q.shape[2]
+    n_rows, k_n = out.shape
+    ng = scale.shape[1]
+    gs = k_n // ng
+    has_off = offset.shape[1] > 0
+    for g in prange(n_grp):
+        for r in range(min(r_n, n_rows - g * r_n)):
+            row = g * r_n + r
+            for k in range(k_n):
+                if nibbles:
+                    b = q[g, k >> 1, r]
+                    c = np.float32((b >> 4) if k & 1 else (b & 15))
+                else:
+                    c = np.float32(q[g, k, r])
+                grp = k // gs
+                w = scale[g, grp, r] * c
+                if has_off:
+                    w += offset[g, grp, r]
+                out[row, k] = w
+
+
+def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (T, n_rows) = x (T, n_cols) @ W.T."""
+    ng = pm.scale.shape[1]
+    xsum = np.empty((x.shape[0], ng if pm.offset.shape[1] else 0), np.float32)
+    if xsum.shape[1]:
+        group_sums(x, pm.gs, xsum)
+    kernel = matmul_nibbles if pm.nibbles else matmul_int8
+    kernel(pm.q, pm.scale, pm.offset, x, xsum, out)
+    return out
