@@ -52,8 +52,21 @@ def llm(smollm2_path):
     return localllm.load(smollm2_path, n_ctx=256)
 
 
+def make_app(**kwargs) -> ChatApp:
+    """A ChatApp that remembers every notification (toasts expire, and a slow CI box outlasts them)."""
+    app = ChatApp(**kwargs)
+    app.seen_notes = []
+    notify = app.notify
+
+    def remember(message, *args, **kw):
+        app.seen_notes.append(str(message))
+        return notify(message, *args, **kw)
+    app.notify = remember
+    return app
+
+
 def notes(app) -> list[str]:
-    return [n.message for n in app._notifications]
+    return app.seen_notes
 
 
 async def wait_for(pilot, cond, timeout: float = 120.0) -> None:
@@ -81,7 +94,7 @@ def test_streamed_reply(llm, monkeypatch):
     monkeypatch.setattr(AssistantMessage, "feed", lambda self, t: (fed.append(t), orig(self, t)))
 
     async def go():
-        app = ChatApp(llm=llm, settings=Settings(temperature=0.0, max_tokens=8), memory_probe=FIXED_MEMORY)
+        app = make_app(llm=llm, settings=Settings(temperature=0.0, max_tokens=8), memory_probe=FIXED_MEMORY)
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press(*"Hi")
             await pilot.press("enter")
@@ -106,7 +119,7 @@ def test_streamed_reply(llm, monkeypatch):
 
 def test_escape_stops_and_queued_message_follows(llm):
     async def go():
-        app = ChatApp(llm=llm, settings=Settings(temperature=0.8, seed=1, max_tokens=150))
+        app = make_app(llm=llm, settings=Settings(temperature=0.8, seed=1, max_tokens=150))
         async with app.run_test(size=SIZE) as pilot:
             await send(pilot, "Tell me a long story about a dragon.")
             await wait_for(pilot, lambda: app.reply_turn is not None and len(app.reply_turn.content) > 5)
@@ -127,7 +140,7 @@ def test_escape_stops_and_queued_message_follows(llm):
 
 def test_commands_set_save_clear(llm, tmp_path):
     async def go():
-        app = ChatApp(llm=llm, system="You are terse.", settings=Settings(max_tokens=4))
+        app = make_app(llm=llm, system="You are terse.", settings=Settings(max_tokens=4))
         async with app.run_test(size=SIZE) as pilot:
             await send(pilot, "/set temperature 0.2")
             await send(pilot, "/set parameter top_p 0.5")       # Ollama's spelling
@@ -168,14 +181,14 @@ def test_context_overflow_drops_oldest_then_refuses(llm):
     filler = "the quick brown fox jumps over the lazy dog " * 6     # ~55 tokens
 
     async def go():
-        app = ChatApp(llm=llm, system="Be brief.", settings=Settings(temperature=0.0, max_tokens=8))
+        app = make_app(llm=llm, system="Be brief.", settings=Settings(temperature=0.0, max_tokens=8))
         async with app.run_test(size=SIZE) as pilot:
             from localllm.tui.session import Turn
             for i in range(2):
                 app.conv.turns += [Turn("user", f"{i}: {filler}"), Turn("assistant", f"ok {i}: {filler}")]
             await send(pilot, "Hi")
             await wait_for(pilot, lambda: not app.busy)
-            assert any("oldest" in n and "system prompt always stays" in n for n in notes(app))
+            assert any("oldest" in n and "system prompt always stays" in n for n in notes(app)), notes(app)
             kept = app.conv.messages()
             assert kept[0] == {"role": "system", "content": "Be brief."}
             assert kept[1]["role"] == "user"                        # the kept part starts at a user turn
@@ -197,7 +210,7 @@ def test_layout_snapshot():
     """The 80x24 layout after one reply. Regenerate with LOCALLLM_UPDATE_SNAPSHOTS=1 after a deliberate
     change (and look at the SVG in a browser)."""
     async def go():
-        app = ChatApp(llm=ScriptedLLM(), system="You are terse.", memory_probe=FIXED_MEMORY)
+        app = make_app(llm=ScriptedLLM(), system="You are terse.", memory_probe=FIXED_MEMORY)
         async with app.run_test(size=SIZE) as pilot:
             app.input.cursor_blink = False
             await send(pilot, "Show me a loop in Python")
@@ -215,7 +228,7 @@ def test_layout_snapshot():
 
 def test_keys_history_theme_help_resize():
     async def go():
-        app = ChatApp(llm=ScriptedLLM(), settings=Settings(max_tokens=2))
+        app = make_app(llm=ScriptedLLM(), settings=Settings(max_tokens=2))
         async with app.run_test(size=SIZE) as pilot:
             for msg in ("one", "two"):
                 await send(pilot, msg)

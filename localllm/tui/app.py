@@ -16,8 +16,7 @@ from textual.message import Message
 from textual.widgets import Footer, Static
 
 from . import commands
-from .session import (Conversation, CommandError, Settings, Turn, default_save_path, fit_context,  # noqa: F401
-                      save)
+from .session import Conversation, CommandError, Settings, Turn, default_save_path, reply_reserve, save
 from .widgets import AssistantMessage, ChatInput, StatusBar, UserMessage
 from .worker import EngineWorker, Finished, Loaded, LoadFailed, Refused, Started, Token
 
@@ -224,8 +223,8 @@ class ChatApp(App):
                 w.add_class("-dropped")
         self.notify(f"The conversation no longer fits the context of {self.llm_n_ctx} tokens: left out the "
                     f"{ev.dropped} oldest message{'s' if ev.dropped != 1 else ''} (dimmed). The rule: the "
-                    f"oldest messages go first, the system prompt always stays, and room is kept for the "
-                    f"reply ({self.settings.max_tokens or 'max_tokens unset: up to 512'} tokens).",
+                    f"oldest messages go first, the system prompt always stays, and room is kept for a "
+                    f"reply of {reply_reserve(self.settings.max_tokens, self.llm_n_ctx)} tokens.",
                     severity="warning", timeout=10)
 
     @property
