@@ -118,10 +118,17 @@ def matmul_nibbles(q, scale, offset, x, xsum, out):
             for grp in range(ng):
                 part[:tt] = 0.0
                 for i in range(grp * hgs, (grp + 1) * hgs):
+                    if tt == 1:   # decode: straight from the bytes, no unpacked copy
+                        x0 = x[t0, 2 * i]
+                        x1 = x[t0, 2 * i + 1]
+                        for r in range(r_n):
+                            b = np.int32(q[g, i, r])   # int32, not Numba's default int64: 8 lanes, not 4
+                            part[0, r] += np.float32(np.int32(b & 15)) * x0 + np.float32(np.int32(b >> 4)) * x1
+                        continue
                     for r in range(r_n):
-                        b = q[g, i, r]
-                        w0[r] = np.float32(b & 15)
-                        w1[r] = np.float32(b >> 4)
+                        b = np.int32(q[g, i, r])
+                        w0[r] = np.float32(np.int32(b & 15))
+                        w1[r] = np.float32(np.int32(b >> 4))
                     for t in range(tt):
                         x0 = x[t0 + t, 2 * i]
                         x1 = x[t0 + t, 2 * i + 1]
@@ -159,8 +166,13 @@ def matmul_int8(q, scale, offset, x, xsum, out):
             for grp in range(ng):
                 part[:tt] = 0.0
                 for k in range(grp * gs, (grp + 1) * gs):
+                    if tt == 1:
+                        xv = x[t0, k]
+                        for r in range(r_n):
+                            part[0, r] += np.float32(np.int32(q[g, k, r])) * xv
+                        continue
                     for r in range(r_n):
-                        w[r] = np.float32(q[g, k, r])
+                        w[r] = np.float32(np.int32(q[g, k, r]))
                     for t in range(tt):
                         xv = x[t0 + t, k]
                         for r in range(r_n):
