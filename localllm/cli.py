@@ -215,12 +215,10 @@ def run(
     if text is None:
         if not _stdin_is_tty():
             _fail("no prompt: give one after the model name, or pipe it on stdin")
-        if _has_tui():
+        if _has_tui() and not raw:   # the TUI always chats through the template: --raw gets the line loop
             from .tui import run_chat
             opts = dict(system=system, n_ctx=ctx, n_threads=threads, **sampling)
             opts = {k: v for k, v in opts.items() if v is not None}
-            if raw:
-                opts["raw"] = True
             if verbose:
                 opts["verbose"] = True
             run_chat(str(path), **opts)

@@ -291,6 +291,13 @@ def test_run_chat_uses_the_tui_when_there(hub_env, monkeypatch):
                     "temperature": 0.2, "n_ctx": 64}
 
 
+def test_run_raw_chat_uses_the_line_loop(hub_env, fake_engine, monkeypatch):
+    monkeypatch.setattr(cli, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli, "_has_tui", lambda: True)     # there, but it has no raw mode
+    r = runner.invoke(app, ["run", "tiny", "--raw"], input="Once upon\n")
+    assert r.exit_code == 0 and fake_engine[0].calls[0][:2] == ("stream", "Once upon")
+
+
 # the real engine (skipped until localllm.engine lands) -------------------------------------------------------
 @pytest.mark.skipif(importlib.util.find_spec("localllm.engine") is None, reason="localllm.engine not there yet")
 def test_real_run_smollm2(smollm2_path, tmp_path, monkeypatch):
@@ -327,3 +334,10 @@ def test_chat_loop_survives_a_context_overflow(hub_env, fake_engine, monkeypatch
     assert r.exit_code == 0 and "does not fit" in r.stderr and "/clear" in r.stderr
     assert r.stdout.count("Hello from tiny.") == 1
     assert fake_engine[0].calls[-1][1] == [{"role": "user", "content": "short"}]   # the failed turn is gone
+
+
+def test_shell_completion_of_model_names(hub_env):
+    env = {**hub_env.environ(), "_LOCALLLM_COMPLETE": "complete_bash", "COMP_WORDS": "localllm run ti",
+           "COMP_CWORD": "2"}
+    r = subprocess.run([sys.executable, "-m", "localllm"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.stdout.split() == ["tiny", "tiny:test"]

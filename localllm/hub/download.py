@@ -91,9 +91,19 @@ def _headers() -> dict:
     return h
 
 
+def _httpx():
+    """The HTTP client huggingface_hub's session is built on: httpx2 (huggingface_hub 2.x) or httpx (1.x);
+    both have the same API."""
+    try:
+        import httpx2
+        return httpx2
+    except ImportError:
+        import httpx
+        return httpx
+
+
 def _timeout():
-    import httpx2
-    return httpx2.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+    return _httpx().Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 
 
 def _session():
@@ -136,7 +146,7 @@ class RemoteFile:
 
 def list_repo_files(repo: str, revision: str = "main") -> list[RemoteFile]:
     """Every file of a model repo (the hub's tree API, as HfApi.list_repo_tree uses it), with LFS sha256."""
-    import httpx2
+    http = _httpx()
     what = f"hf.co/{repo}"
     url = f"{hub_endpoint()}/api/models/{repo}/tree/{quote(revision, safe='')}"
     params = {"recursive": "true", "expand": "false"}
@@ -151,7 +161,7 @@ def list_repo_files(repo: str, revision: str = "main") -> list[RemoteFile]:
                 lfs = e.get("lfs") or {}
                 out.append(RemoteFile(path=e["path"], size=lfs.get("size", e.get("size")), sha256=lfs.get("oid")))
             url, params = r.links.get("next", {}).get("url"), None
-    except httpx2.TransportError as e:
+    except http.TransportError as e:
         raise _network_error(e, what) from e
     except ValueError as e:
         raise DownloadError(f"{what}: the hub sent an unreadable file list ({e})") from e
@@ -204,7 +214,7 @@ def download(url: str, dest: Path, partial: Path, *, what: str, size: int | None
 
 
 def _download(url, dest, partial, what, size, sha256, reporter, retries):
-    import httpx2
+    http = _httpx()
 
     partial.parent.mkdir(parents=True, exist_ok=True)
     have = partial.stat().st_size if partial.exists() else 0
@@ -247,9 +257,9 @@ def _download(url, dest, partial, what, size, sha256, reporter, retries):
                         have += len(chunk)
                         reporter.advance(len(chunk))
             if size is not None and have < size:
-                raise httpx2.RemoteProtocolError(f"connection closed at {have} of {size} bytes")
+                raise http.RemoteProtocolError(f"connection closed at {have} of {size} bytes")
             break
-        except httpx2.TransportError as e:
+        except http.TransportError as e:
             if not started:   # no answer at all: the hub is unreachable (a mirror may help)
                 raise _network_error(e, what) from e
             if attempt >= retries:
