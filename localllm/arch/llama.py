@@ -11,6 +11,7 @@ import numpy as np
 
 from ..cache import KVCache
 from ..errors import GGUFError
+from ..kernels.decode import decode_llama, pack_lists
 from ..kernels.ops import attention, rmsnorm, rope, rope_tables, silu_mul
 from ..layers import Embedding, Linear, vector
 
@@ -98,6 +99,10 @@ class Model:
         freqs = tensor(gf, "rope_freqs.weight", True)  # Llama 3.1+ per-dimension frequency factors
         factors = vector(freqs).astype(np.float64) if freqs else np.ones(args.n_rot // 2)
         self.cos, self.sin = rope_tables(n_ctx, args.n_rot, args.rope_base, factors, args.rope_scale)  # (n_ctx, n_rot/2)
+        mats = [m for L in self.layers for m in (L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down)] + [self.output]
+        self._fused = pack_lists(mats)   # whole-token decode in one call, when every matrix is repacked
+        self._attn_norms = np.stack([L.attn_norm for L in self.layers])   # (n_layer, D)
+        self._ffn_norms = np.stack([L.ffn_norm for L in self.layers])     # (n_layer, D)
 
     def make_cache(self, n_ctx: int) -> KVCache:
         a = self.args
@@ -107,6 +112,14 @@ class Model:
         """Logits (T or 1, n_vocab) after feeding ids (T,) at positions pos0..; fills the cache."""
         a = self.args
         t = len(ids)
+        if t == 1 and self._fused is not None:
+            qs, ss, os_, kinds, bs = self._fused
+            logits = np.empty((1, self.n_vocab), np.float32)
+            decode_llama(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, qs, ss, os_, kinds, bs,
+                         self._attn_norms, self._ffn_norms, self.norm, len(qs) - 1, cache.k, cache.v,
+                         self.cos, self.sin, a.neox, a.norm_eps, a.n_head, a.n_kv_head, a.head_dim, logits)
+            cache.n_tokens = pos0 + 1
+            return logits
         x = self.embed(ids)                                      # (T, D)
         h = np.empty_like(x)                                     # (T, D)
         att = np.empty((t, a.n_head, a.head_dim), np.float32)    # (T, Hq, hd)
