@@ -168,7 +168,7 @@ class GGUFFile:
                 row = shape[-1] // block * tsize
                 data = np.frombuffer(buf, np.uint8, count=n_bytes, offset=start).reshape(*shape[:-1], row)
             self.tensors[name] = TensorInfo(
-                name=name, type_id=type_id, type_name=qtype.name if qtype else f"type {type_id}",
+                name=name, type_id=type_id, type_name=qtype.name if qtype is not None else f"type {type_id}",
                 shape=shape, n_elements=n_el, n_bytes=n_bytes, data=data)
 
     def release_pages(self) -> None:

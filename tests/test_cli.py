@@ -298,8 +298,7 @@ def test_run_raw_chat_uses_the_line_loop(hub_env, fake_engine, monkeypatch):
     assert r.exit_code == 0 and fake_engine[0].calls[0][:2] == ("stream", "Once upon")
 
 
-# the real engine (skipped until localllm.engine lands) -------------------------------------------------------
-@pytest.mark.skipif(importlib.util.find_spec("localllm.engine") is None, reason="localllm.engine not there yet")
+# the real engine -------------------------------------------------------------------------------------------
 def test_real_run_smollm2(smollm2_path, tmp_path, monkeypatch):
     """`localllm run smollm2 ...` end to end, offline: the model comes from a (fake) HF cache."""
     from localllm.hub.manifests import find_manifest
