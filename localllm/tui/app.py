@@ -178,7 +178,7 @@ class ChatApp(App):
         self.reply_id += 1
         self.conversation.mount(self.reply)
         self.conversation.scroll_end(animate=False)
-        self.status.set(state="thinking…", ttft_s=None, tps=None)
+        self.status.set(state="waiting…", ttft_s=None, tps=None)
         self.worker.generate(self.reply_id, self.conv.system, history, self.settings)
 
     def _next_in_queue(self) -> None:
@@ -211,7 +211,7 @@ class ChatApp(App):
             self._load_failed(ev)
 
     def _started(self, ev: Started) -> None:
-        self.status.set(ctx_used=ev.prompt_tokens, state="reading the prompt…")
+        self.status.set(ctx_used=ev.prompt_tokens, state="prompt…")
         if not ev.dropped:
             return
         kept = [t for t in self.conv.turns if t.in_context]

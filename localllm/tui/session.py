@@ -177,7 +177,10 @@ def to_markdown(conv: Conversation, model: str | None) -> str:
         out += ["## System", "", conv.system, ""]
     for t in conv.turns:
         out += ["## You" if t.role == "user" else "## Assistant", ""]
-        out += [t.content.rstrip(), ""]
+        body = t.content.rstrip()
+        if sum(line.lstrip().startswith("```") for line in body.splitlines()) % 2:
+            body += "\n```"          # a reply stopped inside a code block: close it
+        out += [body, ""]
         if t.stopped:
             out += ["*(stopped)*", ""]
     return "\n".join(out).rstrip() + "\n"

@@ -7,7 +7,7 @@ from typing import Callable
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Markdown, Static, TextArea
 
@@ -155,11 +155,12 @@ def process_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-class StatusBar(Static):
-    """One line: model · state · time to first token · tokens/s · context used/size · resident memory."""
+class StatusBar(Horizontal):
+    """One line: model · state on the left (cut short when narrow); on the right, always whole, time to
+    first token · tokens/s · context used/size · resident memory."""
 
     def __init__(self, memory_probe: Callable[[], int] | None = None, **kwargs) -> None:
-        super().__init__("", **kwargs)
+        super().__init__(**kwargs)
         self.memory_probe = memory_probe or process_rss
         self.model = "no model"
         self.state = ""
@@ -168,6 +169,10 @@ class StatusBar(Static):
         self.ctx_used = 0
         self.n_ctx = 0
         self.rss: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="status-model")
+        yield Static("", id="status-stats")
 
     def on_mount(self) -> None:
         self.sample_memory()
@@ -184,17 +189,29 @@ class StatusBar(Static):
             setattr(self, k, v)
         self.show()
 
-    def show(self) -> None:
-        model = self.model if len(self.model) <= 24 else self.model[:23] + "…"
+    def model_text(self) -> Text:
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f" {model}", style="bold")
+        name = self.model if len(self.model) <= 22 else self.model[:21] + "…"   # leave room for the state
+        t.append(f" {name}", style="bold")
         if self.state:
             t.append(f" · {self.state}", style="italic")
-        parts = [
-            f"ttft {self.ttft_s:.2f}s" if self.ttft_s is not None else "ttft –",
+        return t
+
+    def stats_text(self) -> str:
+        ttft = "–" if self.ttft_s is None else f"{self.ttft_s:.1f}s" if self.ttft_s >= 10 else f"{self.ttft_s:.2f}s"
+        return " │ ".join([
+            f"ttft {ttft}",
             f"{self.tps:.1f} tok/s" if self.tps is not None else "– tok/s",
             f"ctx {self.ctx_used}/{self.n_ctx}" if self.n_ctx else "ctx –",
-            f"mem {human_bytes(self.rss)}",
-        ]
-        t.append("  │ " + " │ ".join(parts))
-        self.update(t)
+            human_bytes(self.rss),
+        ]) + " "
+
+    @property
+    def text(self) -> str:
+        return f"{self.model_text().plain} │ {self.stats_text()}"
+
+    def show(self) -> None:
+        if not self.is_mounted or not self.children:
+            return
+        self.query_one("#status-model", Static).update(self.model_text())
+        self.query_one("#status-stats", Static).update(Text(self.stats_text(), no_wrap=True))
