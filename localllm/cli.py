@@ -506,6 +506,41 @@ def rm(names: Annotated[List[str], typer.Argument(help="Models to delete from th
         store.remove(ref.name if ref else name)
         typer.echo(f"deleted '{ref.name if ref else name}'")
 
+@app.command()
+@_friendly
+def bench(
+    names: Annotated[List[str], typer.Argument(help="Models: names from the store or GGUF paths.",
+                                               autocompletion=_complete_model, show_default=False)],
+    threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1,
+                                                   help="Threads (default: the physical cores available).")] = None,
+    reps: Annotated[int, typer.Option("--reps", "-r", min=1, help="Repetitions after one warm-up.")] = 5,
+    n_prompt: Annotated[int, typer.Option("--n-prompt", "-p", min=0, help="Prompt tokens of the pp test.")] = 512,
+    n_gen: Annotated[int, typer.Option("--n-gen", "-n", min=0, help="Decode steps of the tg test.")] = 128,
+    cold_start: Annotated[bool, typer.Option("--cold-start/--no-cold-start",
+                                             help="Also time a fresh process loading the model.")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+):
+    """Measure prompt (pp) and generation (tg) speed as llama-bench does: mean ± sd tokens/s."""
+    import json
+
+    from .bench import format_summary, format_table, run_bench
+    from .hub.pull import model_path
+    from .hub.store import Store
+
+    store = Store()
+    results = []
+    for name in names:
+        path, _ = model_path(name, store, pull_missing=False)
+        results.append(run_bench(path, n_threads=threads, reps=reps, n_prompt=n_prompt, n_gen=n_gen,
+                                 cold_start=cold_start))
+    if json_out:
+        typer.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+        return
+    typer.echo(format_table(results))
+    for r in results:
+        typer.echo(format_summary(r))
+
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`localllm`, `python -m localllm`)."""

@@ -340,3 +340,19 @@ def test_shell_completion_of_model_names(hub_env):
            "COMP_CWORD": "2"}
     r = subprocess.run([sys.executable, "-m", "localllm"], capture_output=True, text=True, env=env, timeout=60)
     assert r.stdout.split() == ["tiny", "tiny:test"]
+
+
+def test_bench_command_json(tmp_path):
+    """`localllm bench --json` prints the llama-bench figures for a model file."""
+    import json
+    import sys
+    import subprocess
+
+    from tinymodel import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "tiny.gguf")
+    out = subprocess.run([sys.executable, "-m", "localllm", "bench", str(path), "-r", "1", "-p", "16", "-n", "4",
+                          "--no-cold-start", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["pp16"] > 0 and res["tg4"] > 0 and res["threads"] >= 1
