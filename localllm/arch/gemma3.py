@@ -21,7 +21,7 @@ import numpy as np
 
 from ..cache import KVCache
 from ..errors import GGUFError
-from ..kernels.ops import attention, gelu_tanh_mul, rmsnorm, rope, rope_tables
+from ..kernels.ops import attend, gelu_tanh_mul, rmsnorm, rope, rope_tables
 from ..layers import Embedding, Linear, vector
 from .llama import tensor
 
@@ -146,7 +146,7 @@ class Model:
             rope(q, pos0, cos, sin, True)
             rope(k, pos0, cos, sin, True)
             cache.store(i, pos0, k, v)
-            attention(q, cache.k[i], cache.v[i], pos0, a.attn_scale, a.sliding_window if local else 0, att)
+            attend(q, cache.k[i], cache.v[i], pos0, a.attn_scale, a.sliding_window if local else 0, att)
             o = L.wo(att.reshape(t, -1))                         # (T, D)
             rmsnorm(o, L.post_attn_norm, a.norm_eps, o)
             x += o

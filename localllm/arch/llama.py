@@ -12,7 +12,7 @@ import numpy as np
 from ..cache import KVCache
 from ..errors import GGUFError
 from ..kernels.decode import decode_llama, pack_lists
-from ..kernels.ops import attention, rmsnorm, rope, rope_tables, silu_mul
+from ..kernels.ops import attend, rmsnorm, rope, rope_tables, silu_mul
 from ..layers import Embedding, Linear, vector
 
 # llama.cpp's RoPE mode per architecture: GGUF files of these store q/k for the NEOX pairing.
@@ -132,7 +132,7 @@ class Model:
             rope(q, pos0, self.cos, self.sin, a.neox)
             rope(k, pos0, self.cos, self.sin, a.neox)
             cache.store(i, pos0, k, v)
-            attention(q, cache.k[i], cache.v[i], pos0, scale, 0, att)
+            attend(q, cache.k[i], cache.v[i], pos0, scale, 0, att)
             x += L.wo(att.reshape(t, -1))
             rmsnorm(x, L.ffn_norm, a.norm_eps, h)
             g = L.gate(h)                                        # (T, F)

@@ -118,3 +118,40 @@ def gelu_tanh_mul(gate, up, out):
         for j in range(f):
             g = gate[i, j]
             out[i, j] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * up[i, j]
+
+
+BLAS_ATTENTION_MIN_T = 16   # from this many new tokens on, attention runs as per-KV-head BLAS matmuls
+
+
+def attention_blas(q, k_cache, v_cache, pos0, scale, window, out):
+    """The same as `attention`, for a prefill batch: one (group*T, hd) @ (hd, n) matmul per KV head,
+    a masked softmax, then @ V. q (T, Hq, hd); out (T, Hq, hd_v)."""
+    t_n, hq_n, hd = q.shape
+    hkv = k_cache.shape[0]
+    group = hq_n // hkv
+    n = pos0 + t_n
+    start = 0 if window <= 0 else max(0, pos0 - window + 1)   # earliest key any query here can see
+    qpos = np.arange(pos0, n)[:, None]                         # (T, 1)
+    kpos = np.arange(start, n)[None, :]                        # (1, n')
+    masked = kpos > qpos
+    if window > 0:
+        masked |= kpos <= qpos - window
+    for h in range(hkv):
+        qh = q[:, h * group:(h + 1) * group].transpose(1, 0, 2).reshape(group * t_n, hd)   # (group*T, hd)
+        s = (qh @ k_cache[h, start:n].T).reshape(group, t_n, n - start)                    # (group, T, n')
+        s *= scale
+        s[:, masked] = -np.inf
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        o = s.reshape(group * t_n, n - start) @ v_cache[h, start:n]                       # (group*T, hd_v)
+        out[:, h * group:(h + 1) * group] = o.reshape(group, t_n, -1).transpose(1, 0, 2)
+
+
+def attend(q, k_cache, v_cache, pos0, scale, window, out):
+    """Causal attention of q (T, Hq, hd) over the cache: the Numba kernel for decode and short
+    batches, BLAS matmuls for prefill batches."""
+    if q.shape[0] >= BLAS_ATTENTION_MIN_T:
+        attention_blas(q, k_cache, v_cache, pos0, scale, window, out)
+    else:
+        attention(q, k_cache, v_cache, pos0, scale, window, out)
