@@ -103,3 +103,36 @@ def vector(t: TensorInfo) -> np.ndarray:
     out = np.empty((1, t.n_elements), np.float32)
     dequantize_rows(fmt.type_id, raw_rows(t).reshape(1, -1), out)
     return out[0]
+
+
+def fuse(linears: list[Linear]) -> Linear | None:
+    """One Linear computing the given ones stacked (x @ [W1; W2; ...].T), sharing their memory: the
+    parts are rebound to views of the fused arrays. None when their packed forms cannot be stacked."""
+    from .kernels.repacked import PackedMatrix
+
+    pms = [lin.packed for lin in linears]
+    if any(p is None for p in pms):
+        return None
+    first = pms[0]
+    same = all(p.nibbles == first.nibbles and p.gs == first.gs and p.n_cols == first.n_cols
+               and p.offset.shape[1] == first.offset.shape[1] for p in pms)
+    if not same or any(p.n_rows % PACK_ROWS for p in pms[:-1]):
+        return None
+    q = np.concatenate([p.q for p in pms])
+    scale = np.concatenate([p.scale for p in pms])
+    offset = np.concatenate([p.offset for p in pms])
+    g0 = 0
+    for p in pms:
+        g1 = g0 + p.q.shape[0]
+        p.q, p.scale, p.offset = q[g0:g1], scale[g0:g1], offset[g0:g1]
+        g0 = g1
+    fused = Linear.__new__(Linear)
+    fused.name = "+".join(lin.name for lin in linears)
+    fused.type_id = linears[0].type_id
+    fused.n_in = first.n_cols
+    fused.n_out = sum(p.n_rows for p in pms)
+    fused.raw = None
+    fused.packed = PackedMatrix(fused.n_out, first.n_cols, first.gs, first.nibbles, q, scale, offset)
+    biases = [lin.bias if lin.bias is not None else np.zeros(lin.n_out, np.float32) for lin in linears]
+    fused.bias = np.concatenate(biases) if any(lin.bias is not None for lin in linears) else None
+    return fused

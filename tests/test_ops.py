@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from localllm.kernels.ops import attention, attention_blas, gelu_tanh_mul, rmsnorm, rope, rope_tables, silu_mul
+from localllm.kernels.ops import attention, attention_blas, attention_serial, gelu_tanh_mul, rmsnorm, rope, rope_tables, silu_mul
 
 
 def _attention_ref(q, kc, vc, pos0, scale, window):
@@ -27,7 +27,7 @@ def test_attention_kernels(pos0, t_n, window):
     kc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
     vc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
     ref = _attention_ref(q, kc, vc, pos0, 0.25, window)
-    for fn in (attention, attention_blas):
+    for fn in (attention, attention_serial, attention_blas):
         out = np.empty((t_n, hq, hd), np.float32)
         fn(q, kc, vc, pos0, np.float32(0.25), window, out)
         np.testing.assert_allclose(out, ref, atol=1e-5)

@@ -13,7 +13,7 @@ from ..cache import KVCache
 from ..errors import GGUFError
 from ..kernels.decode import decode_llama, pack_lists
 from ..kernels.ops import attend, rmsnorm, rope, rope_tables, silu_mul
-from ..layers import Embedding, Linear, vector
+from ..layers import Embedding, Linear, fuse, vector
 
 # llama.cpp's RoPE mode per architecture: GGUF files of these store q/k for the NEOX pairing.
 NEOX_ROPE = {"qwen2", "qwen2moe", "qwen3", "phi3", "stablelm", "gptneox", "olmo2"}
@@ -99,8 +99,12 @@ class Model:
         freqs = tensor(gf, "rope_freqs.weight", True)  # Llama 3.1+ per-dimension frequency factors
         factors = vector(freqs).astype(np.float64) if freqs else np.ones(args.n_rot // 2)
         self.cos, self.sin = rope_tables(n_ctx, args.n_rot, args.rope_base, factors, args.rope_scale)  # (n_ctx, n_rot/2)
-        mats = [m for L in self.layers for m in (L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down)] + [self.output]
-        self._fused = pack_lists(mats)   # whole-token decode in one call, when every matrix is repacked
+        mats = []
+        for L in self.layers:   # stacked q|k|v and gate|up where the formats allow (one kernel launch each)
+            qkv, gu = fuse([L.wq, L.wk, L.wv]), fuse([L.gate, L.up])
+            mats += [qkv, None, None] if qkv else [L.wq, L.wk, L.wv]
+            mats += [L.wo] + ([gu, None] if gu else [L.gate, L.up]) + [L.down]
+        self._fused = pack_lists(mats + [self.output])   # whole-token decode in one call
         self._attn_norms = np.stack([L.attn_norm for L in self.layers])   # (n_layer, D)
         self._ffn_norms = np.stack([L.ffn_norm for L in self.layers])     # (n_layer, D)
 
@@ -117,7 +121,8 @@ class Model:
             logits = np.empty((1, self.n_vocab), np.float32)
             decode_llama(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, qs, ss, os_, kinds, bs,
                          self._attn_norms, self._ffn_norms, self.norm, len(qs) - 1, cache.k, cache.v,
-                         self.cos, self.sin, a.neox, a.norm_eps, a.n_head, a.n_kv_head, a.head_dim, logits)
+                         self.cos, self.sin, a.neox, a.norm_eps, a.n_head, a.n_kv_head, a.head_dim, a.n_ff,
+                         logits)
             cache.n_tokens = pos0 + 1
             return logits
         x = self.embed(ids)                                      # (T, D)

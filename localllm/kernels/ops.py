@@ -1,6 +1,7 @@
 """Transformer ops in Numba, each with a NumPy reference in tests/test_ops.py.
 
-Shapes: T tokens in the batch, H heads, hd head size, D model width.
+Shapes: T tokens in the batch, H heads, hd head size, D model width. The elementwise ops are serial:
+on these 2-core VMs waking the thread pool costs 10-50 µs, more than the op itself.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, fastmath=True)
 def rmsnorm(x, w, eps, out):
     """out (N, D) = x (N, D) / rms(x) * w (D,). Sum of squares in float64, as ggml does."""
     n, d = x.shape
@@ -38,7 +39,7 @@ def rope_tables(n_pos, n_rot, base, freq_factors, scale):
     return cos, sin
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, fastmath=True)
 def rope(x, pos0, cos, sin, neox):
     """Rotate x (T, H, hd) in place for positions pos0..pos0+T-1 over its first n_rot = 2*cos.shape[1] dims.
 
@@ -60,6 +61,37 @@ def rope(x, pos0, cos, sin, neox):
             x[t, h, b] = x0 * s + x1 * c
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _attend_one(q, k_cache, v_cache, pos0, scale, window, out, t, h, group):
+    """One query (token t, head h) over its visible cache positions, into out[t, h]."""
+    hd, hd_v = q.shape[2], v_cache.shape[2]
+    kvh = h // group
+    p = pos0 + t
+    start = 0 if window <= 0 else max(0, p - window + 1)
+    n = p + 1 - start
+    scores = np.empty(n, np.float32)  # (n,) this query's scores
+    best = -np.inf
+    for j in range(n):
+        acc = np.float32(0.0)
+        for d in range(hd):
+            acc += q[t, h, d] * k_cache[kvh, start + j, d]
+        acc *= scale
+        scores[j] = acc
+        best = max(best, acc)
+    total = np.float32(0.0)
+    for j in range(n):
+        e = np.float32(math.exp(scores[j] - best))
+        scores[j] = e
+        total += e
+    inv = np.float32(1.0) / total
+    for d in range(hd_v):
+        out[t, h, d] = 0.0
+    for j in range(n):
+        wgt = scores[j] * inv
+        for d in range(hd_v):
+            out[t, h, d] += wgt * v_cache[kvh, start + j, d]
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def attention(q, k_cache, v_cache, pos0, scale, window, out):
     """Causal grouped-query attention of T new tokens at positions pos0.. over the cache.
@@ -67,39 +99,22 @@ def attention(q, k_cache, v_cache, pos0, scale, window, out):
     q (T, Hq, hd); k_cache (Hkv, n_ctx, hd) and v_cache (Hkv, n_ctx, hd_v) already hold positions
     0..pos0+T-1; out (T, Hq, hd_v). window > 0 limits each query to its last `window` positions.
     """
-    t_n, hq_n, hd = q.shape
+    t_n, hq_n = q.shape[0], q.shape[1]
     group = hq_n // k_cache.shape[0]
-    hd_v = v_cache.shape[2]
     for th in prange(t_n * hq_n):
-        t, h = th // hq_n, th % hq_n
-        kvh = h // group
-        p = pos0 + t
-        start = 0 if window <= 0 else max(0, p - window + 1)
-        n = p + 1 - start
-        scores = np.empty(n, np.float32)  # (n,) this query's scores
-        best = -np.inf
-        for j in range(n):
-            acc = np.float32(0.0)
-            for d in range(hd):
-                acc += q[t, h, d] * k_cache[kvh, start + j, d]
-            acc *= scale
-            scores[j] = acc
-            best = max(best, acc)
-        total = np.float32(0.0)
-        for j in range(n):
-            e = np.float32(math.exp(scores[j] - best))
-            scores[j] = e
-            total += e
-        inv = np.float32(1.0) / total
-        for d in range(hd_v):
-            out[t, h, d] = 0.0
-        for j in range(n):
-            wgt = scores[j] * inv
-            for d in range(hd_v):
-                out[t, h, d] += wgt * v_cache[kvh, start + j, d]
+        _attend_one(q, k_cache, v_cache, pos0, scale, window, out, th // hq_n, th % hq_n, group)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, fastmath=True)
+def attention_serial(q, k_cache, v_cache, pos0, scale, window, out):
+    """`attention` on the calling thread: for decode over a short context, cheaper than waking the pool."""
+    t_n, hq_n = q.shape[0], q.shape[1]
+    group = hq_n // k_cache.shape[0]
+    for th in range(t_n * hq_n):
+        _attend_one(q, k_cache, v_cache, pos0, scale, window, out, th // hq_n, th % hq_n, group)
+
+
+@njit(cache=True, fastmath=True)
 def silu_mul(gate, up, out):
     """out (T, F) = silu(gate) * up."""
     n, f = gate.shape
@@ -109,7 +124,7 @@ def silu_mul(gate, up, out):
             out[i, j] = g / (np.float32(1.0) + np.exp(-g)) * up[i, j]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, fastmath=True)
 def gelu_tanh_mul(gate, up, out):
     """out (T, F) = gelu_tanh(gate) * up (GELU with the tanh approximation, as ggml_gelu)."""
     n, f = gate.shape

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-R = 32          # rows interleaved per group: a 32-long run fills the vectorised loop body with no
-                # scalar remainder (16 left the whole loop in the remainder: 1.4-2x slower)
+from .simd import LANES, fma_int8x32, fma_nibbles32
+
+R = LANES       # rows interleaved per group: one 32-lane vector step of the simd intrinsics
 T_TILE = 32     # activation rows per pass over a row group (weights unpacked once per tile)
 CHUNK_GROUPS = 16  # row groups repacked at a time
 
@@ -119,11 +120,7 @@ def matmul_nibbles(q, scale, offset, x, xsum, out):
                 part[:tt] = 0.0
                 for i in range(grp * hgs, (grp + 1) * hgs):
                     if tt == 1:   # decode: straight from the bytes, no unpacked copy
-                        x0 = x[t0, 2 * i]
-                        x1 = x[t0, 2 * i + 1]
-                        for r in range(r_n):
-                            b = np.int32(q[g, i, r])   # int32, not Numba's default int64: 8 lanes, not 4
-                            part[0, r] += np.float32(np.int32(b & 15)) * x0 + np.float32(np.int32(b >> 4)) * x1
+                        fma_nibbles32(q, (g * half + i) * r_n, part, x[t0, 2 * i], x[t0, 2 * i + 1])
                         continue
                     for r in range(r_n):
                         b = np.int32(q[g, i, r])
@@ -167,9 +164,7 @@ def matmul_int8(q, scale, offset, x, xsum, out):
                 part[:tt] = 0.0
                 for k in range(grp * gs, (grp + 1) * gs):
                     if tt == 1:
-                        xv = x[t0, k]
-                        for r in range(r_n):
-                            part[0, r] += np.float32(np.int32(q[g, k, r])) * xv
+                        fma_int8x32(q, (g * k_n + k) * r_n, part, x[t0, k])
                         continue
                     for r in range(r_n):
                         w[r] = np.float32(np.int32(q[g, k, r]))

@@ -1,0 +1,66 @@
+"""Explicit vector operations for Numba kernels, written as LLVM IR through `numba.extending.intrinsic`.
+
+Plain Numba loops over 32 interleaved rows kept widening bytes to 64-bit lanes and spilling the
+accumulators (~7 G weights/s on 2 cores); the same work on LLVM vector types compiles to packed
+zero-extends, conversions and FMAs with the accumulators in registers (~1.6x faster under load).
+LLVM lowers the vector types for whatever CPU it targets (SSE, AVX2, AVX-512), so these stay portable.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+LANES = 32            # one call handles the 32 interleaved rows of a row group
+_I8V = ir.VectorType(ir.IntType(8), LANES)
+_F32V = ir.VectorType(ir.FloatType(), LANES)
+_I32 = ir.IntType(32)
+_FAST = ("fast",)
+
+
+def _splat(builder, value):
+    v = builder.insert_element(ir.Constant(_F32V, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(_F32V, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _pointers(context, builder, signature, args):
+    q = context.make_array(signature.args[0])(context, builder, args[0])
+    acc = context.make_array(signature.args[2])(context, builder, args[2])
+    qptr = builder.bitcast(builder.gep(q.data, [args[1]]), _I8V.as_pointer())
+    return qptr, builder.bitcast(acc.data, _F32V.as_pointer())
+
+
+@intrinsic
+def fma_nibbles32(typingctx, q, at, acc, x0, x1):
+    """acc[0:32] += (q.flat[at:at+32] & 15) * x0 + (q.flat[at:at+32] >> 4) * x1; q uint8, acc float32."""
+    sig = types.void(q, at, acc, x0, x1)
+
+    def codegen(context, builder, signature, args):
+        qptr, aptr = _pointers(context, builder, signature, args)
+        b = builder.load(qptr, align=1)
+        lo = builder.uitofp(builder.and_(b, ir.Constant(_I8V, [15] * LANES)), _F32V)
+        hi = builder.uitofp(builder.lshr(b, ir.Constant(_I8V, [4] * LANES)), _F32V)
+        a = builder.load(aptr, align=4)
+        a = builder.fadd(a, builder.fmul(lo, _splat(builder, args[3]), flags=_FAST), flags=_FAST)
+        a = builder.fadd(a, builder.fmul(hi, _splat(builder, args[4]), flags=_FAST), flags=_FAST)
+        builder.store(a, aptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def fma_int8x32(typingctx, q, at, acc, x):
+    """acc[0:32] += int8(q.flat[at:at+32]) * x; q uint8 holding int8 codes, acc float32."""
+    sig = types.void(q, at, acc, x)
+
+    def codegen(context, builder, signature, args):
+        qptr, aptr = _pointers(context, builder, signature, args)
+        w = builder.sitofp(builder.load(qptr, align=1), _F32V)
+        a = builder.load(aptr, align=4)
+        a = builder.fadd(a, builder.fmul(w, _splat(builder, args[3]), flags=_FAST), flags=_FAST)
+        builder.store(a, aptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
