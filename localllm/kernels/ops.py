@@ -138,6 +138,29 @@ def gelu_tanh_mul(gate, up, out):
 BLAS_ATTENTION_MIN_T = 16   # from this many new tokens on, attention runs as per-KV-head BLAS matmuls
 
 
+@njit(cache=True, parallel=True, fastmath=True)
+def softmax_causal(s, t_n, pos0, start, window, scale):
+    """In place: s (rows, n) scores of query rows (row % t_n = token t at position pos0 + t) over key
+    positions start..start+n-1 -> scale, mask (causal, and the sliding window when > 0), softmax."""
+    rows, n = s.shape
+    for i in prange(rows):
+        p = pos0 + i % t_n
+        lo = 0 if window <= 0 else max(0, p - window + 1 - start)
+        hi = p - start + 1                      # keys [lo, hi) are visible
+        best = -np.inf
+        for j in range(lo, hi):
+            s[i, j] *= scale
+            best = max(best, s[i, j])
+        total = np.float32(0.0)
+        for j in range(lo, hi):
+            e = np.float32(math.exp(s[i, j] - best))
+            s[i, j] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for j in range(n):
+            s[i, j] = s[i, j] * inv if lo <= j < hi else np.float32(0.0)
+
+
 def attention_blas(q, k_cache, v_cache, pos0, scale, window, out):
     """The same as `attention`, for a prefill batch: one (group*T, hd) @ (hd, n) matmul per KV head,
     a masked softmax, then @ V. q (T, Hq, hd); out (T, Hq, hd_v)."""
@@ -146,20 +169,11 @@ def attention_blas(q, k_cache, v_cache, pos0, scale, window, out):
     group = hq_n // hkv
     n = pos0 + t_n
     start = 0 if window <= 0 else max(0, pos0 - window + 1)   # earliest key any query here can see
-    qpos = np.arange(pos0, n)[:, None]                         # (T, 1)
-    kpos = np.arange(start, n)[None, :]                        # (1, n')
-    masked = kpos > qpos
-    if window > 0:
-        masked |= kpos <= qpos - window
     for h in range(hkv):
         qh = q[:, h * group:(h + 1) * group].transpose(1, 0, 2).reshape(group * t_n, hd)   # (group*T, hd)
-        s = (qh @ k_cache[h, start:n].T).reshape(group, t_n, n - start)                    # (group, T, n')
-        s *= scale
-        s[:, masked] = -np.inf
-        s -= s.max(axis=-1, keepdims=True)
-        np.exp(s, out=s)
-        s /= s.sum(axis=-1, keepdims=True)
-        o = s.reshape(group * t_n, n - start) @ v_cache[h, start:n]                       # (group*T, hd_v)
+        s = qh @ k_cache[h, start:n].T                                                     # (group*T, n')
+        softmax_causal(s, t_n, pos0, start, window, np.float32(scale))
+        o = s @ v_cache[h, start:n]                                                        # (group*T, hd_v)
         out[:, h * group:(h + 1) * group] = o.reshape(group, t_n, -1).transpose(1, 0, 2)
 
 
