@@ -7,6 +7,24 @@ from functools import lru_cache
 from .errors import ChatTemplateError
 
 
+# Used when a GGUF carries no tokenizer.chat_template: the format its model family was trained on
+# (as Ollama ships templates beside models). Gemma's turns, system text folded into the first user turn.
+BUILTIN = {
+    "gemma3": (
+        "{{ bos_token }}{% set ns = namespace(sys='') %}"
+        "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.sys = m['content'] + '\\n\\n' %}"
+        "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+        "{{ ns.sys }}{% set ns.sys = '' %}{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    ),
+}
+
+
+def template_for(metadata: dict) -> str | None:
+    """The model's own template, else the built-in one for its architecture, else None."""
+    return metadata.get("tokenizer.chat_template") or BUILTIN.get(metadata.get("general.architecture"))
+
+
 def _raise(message: str):
     raise ChatTemplateError(f"the chat template refused the conversation: {message}")
 

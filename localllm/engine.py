@@ -138,7 +138,7 @@ class LLM:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         tok = self.tokenizer
         return chat_template.render(
-            self.metadata.get("tokenizer.chat_template"), messages, add_generation_prompt,
+            chat_template.template_for(self.metadata), messages, add_generation_prompt,
             bos_token=tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
             eos_token=tok.token_text(tok.eos_id) if tok.eos_id is not None else "")
 

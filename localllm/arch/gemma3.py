@@ -21,6 +21,7 @@ import numpy as np
 
 from ..cache import KVCache
 from ..errors import GGUFError
+from ..kernels.decode import FusedDecoder, decode_token
 from ..kernels.ops import attend, gelu_tanh_mul, rmsnorm, rope, rope_tables
 from ..layers import Embedding, Linear, vector
 from .llama import tensor
@@ -119,6 +120,10 @@ class Model:
         # cos, sin (n_ctx, n_rot/2) for each kind of layer
         self.rope_global = rope_tables(n_ctx, args.n_rot, args.rope_base, ones, args.rope_scale)
         self.rope_local = rope_tables(n_ctx, args.n_rot, args.rope_base_local, ones, 1.0)
+        self._fused = FusedDecoder.build(self.layers, self.output, q_norm="q_norm", k_norm="k_norm",
+                                         post_attn_norm="post_attn_norm", post_ffw_norm="post_ffw_norm")
+        self._windows = np.array([args.sliding_window if args.is_local(i) else 0 for i in range(args.n_layer)],
+                                 np.int64)
 
     def make_cache(self, n_ctx: int) -> KVCache:
         a = self.args
@@ -128,6 +133,17 @@ class Model:
         """Logits (T or 1, n_vocab) after feeding ids (T,) at positions pos0..; fills the cache."""
         a = self.args
         t = len(ids)
+        if t == 1 and self._fused is not None:   # whole-token decode in one compiled call
+            f = self._fused
+            logits = np.empty((1, self.n_vocab), np.float32)
+            (cos, sin), (cos_l, sin_l) = self.rope_global, self.rope_local
+            decode_token(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, self.embed_scale, f.qs, f.ss,
+                         f.os, f.kinds, f.biases, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
+                         f.ffn_norm, f.post_ffw_norm, self.norm, f.head, cache.k, cache.v, cos, sin, cos_l,
+                         sin_l, self._windows, True, a.norm_eps, a.n_head, a.n_kv_head, a.head_dim, a.n_ff,
+                         True, np.float32(a.attn_scale), float(a.final_softcap), logits)
+            cache.n_tokens = pos0 + 1
+            return logits
         x = self.embed(ids)                                      # (T, D)
         x *= self.embed_scale
         h = np.empty_like(x)                                     # (T, D)

@@ -11,9 +11,9 @@ import numpy as np
 
 from ..cache import KVCache
 from ..errors import GGUFError
-from ..kernels.decode import decode_llama, pack_lists
+from ..kernels.decode import FusedDecoder, decode_token
 from ..kernels.ops import attend, rmsnorm, rope, rope_tables, silu_mul
-from ..layers import Embedding, Linear, fuse, vector
+from ..layers import Embedding, Linear, vector
 
 # llama.cpp's RoPE mode per architecture: GGUF files of these store q/k for the NEOX pairing.
 NEOX_ROPE = {"qwen2", "qwen2moe", "qwen3", "phi3", "stablelm", "gptneox", "olmo2"}
@@ -99,14 +99,8 @@ class Model:
         freqs = tensor(gf, "rope_freqs.weight", True)  # Llama 3.1+ per-dimension frequency factors
         factors = vector(freqs).astype(np.float64) if freqs else np.ones(args.n_rot // 2)
         self.cos, self.sin = rope_tables(n_ctx, args.n_rot, args.rope_base, factors, args.rope_scale)  # (n_ctx, n_rot/2)
-        mats = []
-        for L in self.layers:   # stacked q|k|v and gate|up where the formats allow (one kernel launch each)
-            qkv, gu = fuse([L.wq, L.wk, L.wv]), fuse([L.gate, L.up])
-            mats += [qkv, None, None] if qkv else [L.wq, L.wk, L.wv]
-            mats += [L.wo] + ([gu, None] if gu else [L.gate, L.up]) + [L.down]
-        self._fused = pack_lists(mats + [self.output])   # whole-token decode in one call
-        self._attn_norms = np.stack([L.attn_norm for L in self.layers])   # (n_layer, D)
-        self._ffn_norms = np.stack([L.ffn_norm for L in self.layers])     # (n_layer, D)
+        self._fused = FusedDecoder.build(self.layers, self.output)   # whole-token decode in one call
+        self._windows = np.zeros(args.n_layer, np.int64)
 
     def make_cache(self, n_ctx: int) -> KVCache:
         a = self.args
@@ -117,12 +111,14 @@ class Model:
         a = self.args
         t = len(ids)
         if t == 1 and self._fused is not None:
-            qs, ss, os_, kinds, bs = self._fused
+            f = self._fused
             logits = np.empty((1, self.n_vocab), np.float32)
-            decode_llama(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, qs, ss, os_, kinds, bs,
-                         self._attn_norms, self._ffn_norms, self.norm, len(qs) - 1, cache.k, cache.v,
-                         self.cos, self.sin, a.neox, a.norm_eps, a.n_head, a.n_kv_head, a.head_dim, a.n_ff,
-                         logits)
+            decode_token(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, np.float32(1.0), f.qs, f.ss,
+                         f.os, f.kinds, f.biases, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
+                         f.ffn_norm, f.post_ffw_norm, self.norm, f.head, cache.k, cache.v, self.cos,
+                         self.sin, self.cos, self.sin, self._windows, a.neox, a.norm_eps, a.n_head,
+                         a.n_kv_head, a.head_dim, a.n_ff, False, np.float32(1.0 / math.sqrt(a.head_dim)),
+                         0.0, logits)
             cache.n_tokens = pos0 + 1
             return logits
         x = self.embed(ids)                                      # (T, D)

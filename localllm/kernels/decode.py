@@ -1,4 +1,4 @@
-"""Whole-token decode in one compiled call: every layer of a llama-family model for one token.
+"""Whole-token decode in one compiled call: every layer of a model (llama family, Gemma 3) for one token.
 
 Per-op Python dispatch cost 0.3-1 µs per call and ~15 calls per layer; here the layer loop runs in
 Numba. Waking the thread pool costs 10-50 µs on these VMs, so only matrix products (and attention
@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 from numba.typed import List
 
-from .ops import attention, attention_serial, rmsnorm, rope, silu_mul
+from .ops import attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from .quantized import dequantize_row_any
 from .repacked import group_sums, matmul_int8, matmul_nibbles
 
@@ -44,10 +44,19 @@ def _linear(i, qs, ss, os_, kinds, biases, x, out):
 
 
 @njit(cache=True)
-def decode_llama(token, pos, emb_raw, emb_type, qs, ss, os_, kinds, biases, attn_norm, ffn_norm,
-                 out_norm, head, kc, vc, cos, sin, neox, eps, n_head, n_kv, head_dim, n_ff, logits):
-    """Logits (1, n_vocab) of `token` at position `pos`; writes its keys/values into kc/vc
-    (n_layer, n_kv, n_ctx, head_dim). head: index of the output matrix in the lists."""
+def decode_token(token, pos, emb_raw, emb_type, emb_scale, qs, ss, os_, kinds, biases, attn_norm, q_norm,
+                 k_norm, post_attn_norm, ffn_norm, post_ffw_norm, out_norm, head, kc, vc, cos, sin,
+                 cos_local, sin_local, windows, neox, eps, n_head, n_kv, head_dim, n_ff, gelu,
+                 attn_scale, softcap, logits):
+    """Logits (1, n_vocab) of `token` at position `pos` through every layer; writes its keys and
+    values into kc/vc (n_layer, n_kv, n_ctx, head_dim).
+
+    The llama family and Gemma 3 differ only in data: emb_scale (sqrt(D) for Gemma), q_norm/k_norm
+    (n_layer, head_dim) and post_attn_norm/post_ffw_norm (n_layer, D), or (0, 0) when absent;
+    windows (n_layer,) > 0 for sliding-window layers, which use the cos_local/sin_local RoPE tables;
+    gelu (GELU-tanh, else SiLU) gate; softcap > 0 for final-logit softcapping. head: index of the
+    output matrix in the lists.
+    """
     n_layer, d = attn_norm.shape
     nq, nk = n_head * head_dim, n_kv * head_dim
     x = np.empty((1, d), np.float32)                       # (1, D) residual stream
@@ -61,7 +70,9 @@ def decode_llama(token, pos, emb_raw, emb_type, qs, ss, os_, kinds, biases, attn
     g = np.empty((1, n_ff), np.float32)
     u = np.empty((1, n_ff), np.float32)
     dequantize_row_any(emb_type, emb_raw[token], x[0])
-    scale = np.float32(1.0 / math.sqrt(head_dim))
+    if emb_scale != 1.0:
+        for j in range(d):
+            x[0, j] *= emb_scale
     for layer in range(n_layer):
         base = layer * 7
         rmsnorm(x, attn_norm[layer], eps, h)
@@ -73,17 +84,27 @@ def decode_llama(token, pos, emb_raw, emb_type, qs, ss, os_, kinds, biases, attn
             _linear(base + V, qs, ss, os_, kinds, biases, h, qkv[:, nq + nk:])
         q3.reshape(nq)[:] = qkv[0, :nq]
         k3.reshape(nk)[:] = qkv[0, nq:nq + nk]
-        rope(q3, pos, cos, sin, neox)
-        rope(k3, pos, cos, sin, neox)
+        if q_norm.shape[0] > 0:
+            rmsnorm(q3.reshape(n_head, head_dim), q_norm[layer], eps, q3.reshape(n_head, head_dim))
+            rmsnorm(k3.reshape(n_kv, head_dim), k_norm[layer], eps, k3.reshape(n_kv, head_dim))
+        window = windows[layer]
+        if window > 0:
+            rope(q3, pos, cos_local, sin_local, neox)
+            rope(k3, pos, cos_local, sin_local, neox)
+        else:
+            rope(q3, pos, cos, sin, neox)
+            rope(k3, pos, cos, sin, neox)
         for hh in range(n_kv):
             for j in range(head_dim):
                 kc[layer, hh, pos, j] = k3[0, hh, j]
                 vc[layer, hh, pos, j] = qkv[0, nq + nk + hh * head_dim + j]
-        if pos >= PARALLEL_ATTENTION_FROM:
-            attention(q3, kc[layer], vc[layer], pos, scale, 0, att)
+        if pos >= PARALLEL_ATTENTION_FROM and (window <= 0 or window >= PARALLEL_ATTENTION_FROM):
+            attention(q3, kc[layer], vc[layer], pos, attn_scale, window, att)
         else:
-            attention_serial(q3, kc[layer], vc[layer], pos, scale, 0, att)
+            attention_serial(q3, kc[layer], vc[layer], pos, attn_scale, window, att)
         _linear(base + O, qs, ss, os_, kinds, biases, att.reshape(1, nq), tmp)
+        if post_attn_norm.shape[0] > 0:
+            rmsnorm(tmp, post_attn_norm[layer], eps, tmp)
         for j in range(d):
             x[0, j] += tmp[0, j]
         rmsnorm(x, ffn_norm[layer], eps, h)
@@ -94,12 +115,20 @@ def decode_llama(token, pos, emb_raw, emb_type, qs, ss, os_, kinds, biases, attn
         else:
             _linear(base + GATE, qs, ss, os_, kinds, biases, h, g)
             _linear(base + UP, qs, ss, os_, kinds, biases, h, u)
-        silu_mul(g, u, g)
+        if gelu:
+            gelu_tanh_mul(g, u, g)
+        else:
+            silu_mul(g, u, g)
         _linear(base + DOWN, qs, ss, os_, kinds, biases, g, tmp)
+        if post_ffw_norm.shape[0] > 0:
+            rmsnorm(tmp, post_ffw_norm[layer], eps, tmp)
         for j in range(d):
             x[0, j] += tmp[0, j]
     rmsnorm(x, out_norm, eps, h)
     _linear(head, qs, ss, os_, kinds, biases, h, logits)
+    if softcap > 0:
+        for j in range(logits.shape[1]):
+            logits[0, j] = np.float32(math.tanh(logits[0, j] / softcap)) * softcap
 
 
 def pack_lists(linears):
@@ -124,3 +153,32 @@ def pack_lists(linears):
         bs.append(lin.bias if lin.bias is not None else empty1)
         kinds[i] = 1 if pm.nibbles else 0
     return qs, ss, os_, kinds, bs
+
+
+NONE2 = np.zeros((0, 0), np.float32)
+
+
+class FusedDecoder:
+    """The arrays `decode_token` needs, built once from a model's layers (None: not possible)."""
+
+    @classmethod
+    def build(cls, layers, output, attn_norm="attn_norm", ffn_norm="ffn_norm", q_norm=None, k_norm=None,
+              post_attn_norm=None, post_ffw_norm=None):
+        from ..layers import fuse
+
+        mats = []
+        for L in layers:   # stacked q|k|v and gate|up where the formats allow (one kernel launch each)
+            qkv, gu = fuse([L.wq, L.wk, L.wv]), fuse([L.gate, L.up])
+            mats += [qkv, None, None] if qkv else [L.wq, L.wk, L.wv]
+            mats += [L.wo] + ([gu, None] if gu else [L.gate, L.up]) + [L.down]
+        lists = pack_lists(mats + [output])
+        if lists is None:
+            return None
+        self = cls()
+        self.qs, self.ss, self.os, self.kinds, self.biases = lists
+        self.head = len(mats)
+        stack = lambda name: np.stack([getattr(L, name) for L in layers]) if name else NONE2
+        self.attn_norm, self.ffn_norm = stack(attn_norm), stack(ffn_norm)          # (n_layer, D)
+        self.q_norm, self.k_norm = stack(q_norm), stack(k_norm)                    # (n_layer, hd) or (0, 0)
+        self.post_attn_norm, self.post_ffw_norm = stack(post_attn_norm), stack(post_ffw_norm)
+        return self
