@@ -136,7 +136,10 @@ def bytes_per_token(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def _run_json(python: str, script: str, cfg: dict) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    from localllm._runtime import SET_HERE   # localllm's own thread-pool settings must not reach llama.cpp
+
+    env = {k: v for k, v in os.environ.items() if k not in SET_HERE}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([python, "-c", script, json.dumps(cfg)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{python} failed ({proc.returncode}):\n{proc.stderr.strip()[-2000:]}")

@@ -10,5 +10,7 @@ Users can still set any of these themselves.
 """
 import os
 
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+SET_HERE: dict[str, str] = {}   # what this module added to the environment (benchmarks keep it from llama.cpp)
+
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    SET_HERE["GOMP_SPINCOUNT"] = os.environ["GOMP_SPINCOUNT"] = "1000"
