@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from . import avx2
 from .simd import LANES, fma_int8x32, fma_nibbles32
 
 R = LANES       # rows interleaved per group: one 32-lane vector step of the simd intrinsics
@@ -34,10 +35,20 @@ class PackedMatrix:
     q: np.ndarray            # uint8 (G, K/2, R) if nibbles else int8 (G, K, R)
     scale: np.ndarray        # float32 (G, n_groups, R)
     offset: np.ndarray       # float32 (G, n_groups, R), or (G, 0, R) when every offset is 0
+    dot: object = None       # avx2.Int8DotLayout of q for one-row products, built on first use
+    dot_built: bool = False
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes + self.scale.nbytes + self.offset.nbytes
+        return self.q.nbytes + self.scale.nbytes + self.offset.nbytes + (self.dot.nbytes if self.dot else 0)
+
+    def int8dot(self):
+        """The integer-dot (AVX2) layout of this matrix, or None where that kernel is off or does not apply.
+        Built lazily, so matrices that `layers.fuse` stacks never build their own."""
+        if not self.dot_built:
+            self.dot = avx2.build_layout(self.q, self.gs, self.nibbles) if avx2.ENABLED else None
+            self.dot_built = True
+        return self.dot
 
 
 def repack(fmt, raw: np.ndarray) -> PackedMatrix:
@@ -210,6 +221,10 @@ def dequantize_packed(q, scale, offset, nibbles, out):
 
 def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out (T, n_rows) = x (T, n_cols) @ W.T."""
+    dot = pm.int8dot() if x.shape[0] == 1 else None
+    if dot is not None:
+        avx2.matvec_int8dot(dot.kind, dot.q, pm.scale, pm.offset, x[0], out[0])
+        return out
     ng = pm.scale.shape[1]
     xsum = np.empty((x.shape[0], ng if pm.offset.shape[1] else 0), np.float32)
     if xsum.shape[1]:

@@ -1,0 +1,328 @@
+"""Integer-dot decode kernel for AVX2 (vpmaddubsw / vpmaddwd): the llama.cpp idea in a row-interleaved layout.
+
+The float decode kernels (repacked.py, simd.py) zero-extend, convert and FMA every weight and are compute
+bound (~12-18 G weights/s on 2 cores). Here the activation row is quantized once per matrix product to
+int8 per 32 columns (d = amax/127, like llama.cpp's q8_0), and the weights are multiplied as bytes:
+`vpmaddubsw(weights u8, x s8)` gives int16 per (row, column pair), a few of those are added in int16,
+and `vpmaddwd(.., ones)` sums each row's pairs to int32, 8 rows x 4 columns per 32-byte vector.
+The result is exactly W @ x_hat (x_hat the dequantized activation) up to float rounding: the offsets and
+code shifts use the sums of the *quantized* activation, so the error is the one llama.cpp makes.
+
+Layout (`Int8DotLayout.q`: uint8 of PackedMatrix.q's shape and size, so it can stand in for it), per row group of 32 rows and 32-column block,
+row octets o = 0..3 (rows 8o..8o+7), vectors of 32 bytes, byte 4*r + j:
+- mode NIBBLES (4-bit kinds): 4 vectors per octet, vector v = u[8o+r, k0+8v+j] | u[8o+r, k0+8v+4+j] << 4;
+- modes U8_31 / U8_63 (int8 kinds whose codes span <= 31 / <= 63): 8 vectors per octet,
+  vector c = code[8o+r, k0+4c+j] - lo, lo the matrix's smallest code; lo * sum(x_q) is added back in int32;
+- mode S8 (Q8_0, full int8 range): as above with the raw int8 codes, multiplied with the sign trick
+  (|w| unsigned, sign(w)*x signed: |x| <= 127 keeps 2*128*127 inside int16).
+int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), U8_31 7874 (4), U8_63 16002 (2), S8 32512 (1).
+Scale groups of 16 columns (Q2_K, Q3_K, Q6_K) are two halves of a block, summed separately.
+
+Selection: only where the host CPU has AVX2 (llvmlite's host features); `LOCALLLM_KERNEL=float` keeps the
+float kernels. The choice lives in data (the layout built, the kind code passed to `packed_matmul`), never in
+compiled code, so Numba's cache (keyed on the CPU) stays right for both. The cache does not see edits to this
+module from the cached functions that call it (decode.py): clear localllm/kernels/__pycache__ after changing it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _host_has_avx2() -> bool:
+    try:
+        import llvmlite.binding as llvm
+        return bool(llvm.get_host_cpu_features().get("avx2", False))
+    except Exception:       # no feature query on this platform: read the kernel's flags
+        try:
+            with open("/proc/cpuinfo") as f:
+                return any(line.startswith("flags") and " avx2" in line for line in f)
+        except OSError:
+            return False
+
+
+AVAILABLE = _host_has_avx2()                                        # compiled only when True
+ENABLED = AVAILABLE and os.environ.get("LOCALLLM_KERNEL", "auto").lower() not in ("float", "0", "off")
+
+NIBBLES, U8_31, U8_63, S8 = range(4)
+KIND_BASE = 2          # packed_matmul kinds: 0 float int8, 1 float nibbles, >= 2 this kernel (mode, lo encoded)
+BLOCK = 32             # columns per activation block (one d) and per kernel call
+ROWS = 32              # rows per row group (repacked.R)
+_CHUNK = {NIBBLES: 8, U8_31: 4, U8_63: 2, S8: 1}   # vpmaddubsw results added in int16 before vpmaddwd
+
+
+def encode_kind(mode: int, lo: int) -> int:
+    """The `packed_matmul` kind of a layout: mode and code shift in one int (the kinds array is int64)."""
+    return KIND_BASE + mode + 4 * (lo + 128)
+
+
+@njit(cache=True)
+def kind_mode_lo(kind):
+    k = kind - KIND_BASE
+    return k & 3, (k >> 2) - 128
+
+
+@dataclass
+class Int8DotLayout:
+    mode: int
+    lo: int                  # subtracted from int8 codes (U8 modes), 0 otherwise
+    q: np.ndarray            # uint8, the shape of PackedMatrix.q: (G, K/2 or K, 32), bytes reordered
+
+    @property
+    def kind(self) -> int:
+        return encode_kind(self.mode, self.lo)
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes
+
+
+PAR_CHUNKS = 16       # prange items per product (the pool splits them evenly; one acc per item)
+LAYOUT_CHUNK = 64            # row groups converted at a time (bounds the temporaries)
+
+
+def build_layout(q: np.ndarray, gs: int, nibbles: bool) -> Int8DotLayout | None:
+    """The int8-dot layout of a PackedMatrix's codes q (uint8 (G, K/2, 32) nibbles, or int8 (G, K, 32)),
+    or None where this kernel does not apply (scale groups other than 16/32 columns)."""
+    n_grp, r_n = q.shape[0], q.shape[2]
+    n_cols = q.shape[1] * (2 if nibbles else 1)
+    if r_n != ROWS or n_cols % BLOCK or gs not in (16, 32):
+        return None
+    nblk = n_cols // BLOCK
+    if nibbles:
+        mode, lo = NIBBLES, 0
+    else:
+        qi = q.view(np.int8)
+        lo, hi = (int(qi.min()), int(qi.max())) if qi.size else (0, 0)
+        span = hi - lo
+        mode = U8_31 if span <= 31 else U8_63 if span <= 63 else S8
+        if mode == S8:
+            lo = 0
+    out = np.empty(q.shape, np.uint8)          # same shape and bytes as q, another order (see above)
+    for g0 in range(0, n_grp, LAYOUT_CHUNK):
+        g1 = min(n_grp, g0 + LAYOUT_CHUNK)
+        c = q[g0:g1]
+        n = g1 - g0
+        if nibbles:
+            b = c.view(np.uint8)
+            u = np.empty((n, n_cols, r_n), np.uint8)          # (g, k, r) one code per byte
+            u[:, 0::2] = b & 15
+            u[:, 1::2] = b >> 4
+            u7 = u.reshape(n, nblk, 4, 2, 4, 4, 8)            # g, blk, v, lo/hi, j, o, r
+            packed = u7[:, :, :, 0] | (u7[:, :, :, 1] << np.uint8(4))   # g, blk, v, j, o, r
+            out[g0:g1] = packed.transpose(0, 1, 4, 2, 5, 3).reshape(n, q.shape[1], r_n)
+        else:
+            u = (c.view(np.int8).astype(np.int16) - lo).astype(np.uint8) if mode != S8 else c.view(np.uint8)
+            u6 = u.reshape(n, nblk, 8, 4, 4, 8)               # g, blk, c, j, o, r
+            out[g0:g1] = u6.transpose(0, 1, 4, 2, 5, 3).reshape(n, q.shape[1], r_n)
+    return Int8DotLayout(mode, lo, out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The block kernel: LLVM IR for one 32-row x 32-column block, accumulating into acc float32 (32,).
+
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V32I8 = ir.VectorType(_I8, 32)
+_V16I16 = ir.VectorType(_I16, 16)
+_V8I32 = ir.VectorType(_I32, 8)
+_V8F = ir.VectorType(ir.FloatType(), 8)
+_FAST = ("fast",)
+
+
+def _x86(builder, name, ret, *args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+def _splat(builder, value, vty):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, vty.count), [0] * vty.count))
+
+
+def _vload(builder, base, at, vty, align):
+    return builder.load(builder.bitcast(builder.gep(base, [at]), vty.as_pointer()), align=align)
+
+
+def _make_block(mode: int, halves: int):
+    per_octet = 4 if mode == NIBBLES else 8           # vectors per row octet
+    per_half = per_octet // halves
+    chunk = _CHUNK[mode]
+
+    @intrinsic
+    def block(typingctx, q, qat, xq, xat, scale, sat, offset, oat, d, c0, c1, xs0, xs1, has_off, acc):
+        sig = types.void(q, qat, xq, xat, scale, sat, offset, oat, d, c0, c1, xs0, xs1, has_off, acc)
+
+        def codegen(context, builder, signature, args):
+            (a_q, a_qat, a_xq, a_xat, a_s, a_sat, a_o, a_oat, a_d, a_c0, a_c1, a_xs0, a_xs1, a_has,
+             a_acc) = args
+            arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i]).data
+            qp, xp, sp, op, ap = arr(0), arr(2), arr(4), arr(6), arr(14)
+            qat64 = builder.sext(a_qat, _I64) if a_qat.type != _I64 else a_qat
+            xat64 = builder.sext(a_xat, _I64) if a_xat.type != _I64 else a_xat
+            sat64 = builder.sext(a_sat, _I64) if a_sat.type != _I64 else a_sat
+            oat64 = builder.sext(a_oat, _I64) if a_oat.type != _I64 else a_oat
+            ones = ir.Constant(_V16I16, [1] * 16)
+            lo4 = ir.Constant(_V32I8, [15] * 32)
+            sh4 = ir.Constant(_V32I8, [4] * 32)
+            # activation quads, each 4 bytes broadcast to every 32-bit lane
+            xb = []
+            for c in range(8):
+                p = builder.bitcast(builder.gep(xp, [builder.add(xat64, ir.Constant(_I64, 4 * c))]),
+                                    _I32.as_pointer())
+                xb.append(builder.bitcast(_splat(builder, builder.load(p, align=1), _V8I32), _V32I8))
+            corr = [_splat(builder, builder.trunc(c, _I32) if c.type != _I32 else c, _V8I32)
+                    for c in (a_c0, a_c1)[:halves]]
+            dv = _splat(builder, a_d, _V8F)
+            vbytes = 32
+            for o in range(4):
+                isums = []
+                for h in range(halves):
+                    prods = []
+                    for v in range(h * per_half, (h + 1) * per_half):
+                        at = builder.add(qat64, ir.Constant(_I64, (o * per_octet + v) * vbytes))
+                        w = _vload(builder, qp, at, _V32I8, 1)
+                        if mode == NIBBLES:
+                            wl = builder.and_(w, lo4)
+                            wh = builder.and_(builder.lshr(w, sh4), lo4)
+                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wl, xb[2 * v]))
+                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wh, xb[2 * v + 1]))
+                        elif mode == S8:
+                            aw = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, w, w)
+                            sx = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, xb[v], w)
+                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, aw, sx))
+                        else:
+                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, w, xb[v]))
+                    isum = None
+                    for i0 in range(0, len(prods), chunk):
+                        s16 = prods[i0]
+                        for p in prods[i0 + 1:i0 + chunk]:
+                            s16 = builder.add(s16, p)
+                        s32 = _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, s16, ones)
+                        isum = s32 if isum is None else builder.add(isum, s32)
+                    if mode in (U8_31, U8_63):
+                        isum = builder.add(isum, corr[h])
+                    isums.append(isum)
+                accp = builder.bitcast(builder.gep(ap, [ir.Constant(_I64, 8 * o)]), _V8F.as_pointer())
+                a = builder.load(accp, align=4)
+                for h in range(halves):
+                    sv = _vload(builder, sp, builder.add(sat64, ir.Constant(_I64, 32 * h + 8 * o)), _V8F, 4)
+                    f = builder.sitofp(isums[h], _V8F)
+                    a = builder.fadd(a, builder.fmul(f, builder.fmul(sv, dv, flags=_FAST), flags=_FAST),
+                                     flags=_FAST)
+                with builder.if_else(builder.icmp_unsigned("!=", a_has, ir.Constant(a_has.type, 0))) as (yes, no):
+                    with yes:
+                        b = a
+                        for h in range(halves):
+                            ov = _vload(builder, op, builder.add(oat64, ir.Constant(_I64, 32 * h + 8 * o)), _V8F, 4)
+                            xs = _splat(builder, (a_xs0, a_xs1)[h], _V8F)
+                            b = builder.fadd(b, builder.fmul(ov, xs, flags=_FAST), flags=_FAST)
+                        builder.store(b, accp, align=4)
+                    with no:
+                        builder.store(a, accp, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return block
+
+
+_nib1, _nib2 = _make_block(NIBBLES, 1), _make_block(NIBBLES, 2)
+_u31_1, _u31_2 = _make_block(U8_31, 1), _make_block(U8_31, 2)
+_u63_1, _u63_2 = _make_block(U8_63, 1), _make_block(U8_63, 2)
+_s8_1, _s8_2 = _make_block(S8, 1), _make_block(S8, 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activation quantization and the drivers.
+
+@njit(cache=True)
+def quantize_activation(x, xq, xd, xqs):
+    """x float32 (K,) -> xq int8 (K,) = round(x / d), d = amax/127 per 32 columns in xd (K/32,);
+    xqs int32 (K/16,) = sums of xq per 16 columns (offsets and code shifts use them)."""
+    for b in range(xd.shape[0]):
+        amax = np.float32(0.0)
+        for k in range(b * BLOCK, (b + 1) * BLOCK):
+            amax = max(amax, abs(x[k]))
+        d = amax / np.float32(127.0)
+        inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+        xd[b] = d
+        for h in range(2):
+            s = 0
+            for k in range(b * BLOCK + 16 * h, b * BLOCK + 16 * h + 16):
+                v = np.int32(np.rint(x[k] * inv))
+                xq[k] = v
+                s += v
+            xqs[2 * b + h] = s
+
+
+if AVAILABLE:
+    @njit(cache=True, parallel=True, fastmath=True)
+    def matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
+        """out (n_rows,) = W @ x_hat for W in the int8-dot layout q (G, ..., ...), scale/offset as in
+        PackedMatrix (offset (G, 0, 32) when none), x_hat given as quantize_activation's outputs."""
+        n_grp, nblk = q.shape[0], xd.shape[0]
+        g_bytes = q.shape[1] * q.shape[2]
+        b_bytes = g_bytes // nblk
+        ng = scale.shape[1]
+        halves = ng // nblk
+        has_off = offset.shape[1] > 0
+        n_rows = out.shape[0]
+        n_chunks = min(n_grp, PAR_CHUNKS)
+        for c in prange(n_chunks):
+            acc = np.empty(ROWS, np.float32)
+            for g in range(c * n_grp // n_chunks, (c + 1) * n_grp // n_chunks):
+                acc[:] = 0.0
+                for b in range(nblk):
+                    qat = g * g_bytes + b * b_bytes
+                    d = xd[b]
+                    if halves == 1:
+                        s2 = xqs[2 * b] + xqs[2 * b + 1]
+                        sat = (g * ng + b) * ROWS
+                        c0, c1 = lo * s2, 0
+                        xs0, xs1 = d * np.float32(s2), np.float32(0.0)
+                        if mode == NIBBLES:
+                            _nib1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        elif mode == U8_31:
+                            _u31_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        elif mode == U8_63:
+                            _u63_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        else:
+                            _s8_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                    else:
+                        sat = (g * ng + 2 * b) * ROWS
+                        c0, c1 = lo * xqs[2 * b], lo * xqs[2 * b + 1]
+                        xs0, xs1 = d * np.float32(xqs[2 * b]), d * np.float32(xqs[2 * b + 1])
+                        if mode == NIBBLES:
+                            _nib2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        elif mode == U8_31:
+                            _u31_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        elif mode == U8_63:
+                            _u63_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        else:
+                            _s8_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                r0 = g * ROWS
+                for r in range(min(ROWS, n_rows - r0)):
+                    out[r0 + r] = acc[r]
+else:
+    @njit(cache=True)
+    def matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
+        raise RuntimeError("the int8-dot kernel needs AVX2")
+
+
+@njit(cache=True)
+def matvec_int8dot(kind, q, scale, offset, x, out):
+    """out (n_rows,) = W @ x_hat, x float32 (K,) quantized here; kind from encode_kind."""
+    mode, lo = kind_mode_lo(kind)
+    k_n = x.shape[0]
+    xq = np.empty(k_n, np.int8)
+    xd = np.empty(k_n // BLOCK, np.float32)
+    xqs = np.empty(k_n // 16, np.int32)
+    quantize_activation(x, xq, xd, xqs)
+    matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out)

@@ -1,0 +1,110 @@
+"""The AVX2 integer-dot decode kernel against references, for every format with integer codes.
+
+Two references: the float64 matmul of the GGUF weights (the kernel quantizes the activation to int8 per
+32 columns, so only close), and the same algorithm in NumPy (dequantized weights @ dequantized int8
+activation), which it must match to float rounding.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from localllm.kernels import avx2
+from localllm.kernels.quantized import matmul_reference
+from localllm.kernels.repacked import R, matmul_packed, repack
+from localllm.quants import FORMATS, _load_all, dequantize_reference
+from test_quants import _quantized
+
+_load_all()
+FMTS = sorted((f for f in FORMATS.values() if f.codes), key=lambda f: f.type_id)
+needs_avx2 = pytest.mark.skipif(not avx2.AVAILABLE, reason="the CPU has no AVX2")
+
+
+def quantize_activation_reference(x):
+    """x float32 (K,) -> x_hat float64 (K,): int8 per 32 columns, d = amax/127 (the kernel's algorithm)."""
+    xb = x.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(xb).max(axis=1, keepdims=True)
+    d = amax / np.float32(127.0)
+    inv = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    xq = np.rint(xb * inv)
+    assert np.abs(xq).max() <= 127
+    return (xq.astype(np.float64) * d.astype(np.float64)).reshape(-1)
+
+
+def _run(fmt, raw, x):
+    pm = repack(fmt, raw)
+    lay = avx2.build_layout(pm.q, pm.gs, pm.nibbles)
+    assert lay is not None
+    out = np.full(raw.shape[0], np.nan, np.float32)
+    avx2.matvec_int8dot(lay.kind, lay.q, pm.scale, pm.offset, x, out)
+    return lay, out
+
+
+@needs_avx2
+@pytest.mark.parametrize("fmt", FMTS, ids=[f.name for f in FMTS])
+@pytest.mark.parametrize("n_rows,n_cols", [(R * 2, 512), (R * 3 + 5, 256), (7, 768)])
+def test_int8dot_matches_references(fmt, n_rows, n_cols):
+    raw = _quantized(fmt, n_rows, n_cols, seed=n_rows + n_cols)
+    rng = np.random.default_rng(n_rows)
+    x = rng.standard_normal(n_cols).astype(np.float32)
+    x[:32] *= 20                      # blocks of very different magnitudes
+    x[32:64] = 0                      # an all-zero block (d = 0)
+    lay, out = _run(fmt, raw, x)
+    w = dequantize_reference(fmt, raw).astype(np.float64).reshape(n_rows, n_cols)
+    same = w @ quantize_activation_reference(x)
+    scale = np.abs(same).max()
+    np.testing.assert_allclose(out, same, rtol=0, atol=2e-6 * scale)
+    ref = matmul_reference(fmt.type_id, raw, x[None])[0]
+    assert np.abs(out - ref).max() < 1e-2 * np.abs(ref).max()
+
+
+def test_modes_per_format():
+    want = {"Q4_0": avx2.NIBBLES, "Q4_1": avx2.NIBBLES, "Q4_K": avx2.NIBBLES, "Q3_K": avx2.NIBBLES,
+            "Q2_K": avx2.NIBBLES, "Q5_0": avx2.U8_31, "Q5_1": avx2.U8_31, "Q5_K": avx2.U8_31,
+            "Q6_K": avx2.U8_63, "Q8_0": avx2.S8}
+    for fmt in FMTS:
+        pm = repack(fmt, _quantized(fmt, R, 256, seed=2))
+        lay = avx2.build_layout(pm.q, pm.gs, pm.nibbles)
+        assert lay.mode == want[fmt.name], fmt.name
+        assert avx2.kind_mode_lo(lay.kind) == (lay.mode, lay.lo)
+
+
+@needs_avx2
+def test_extreme_codes_do_not_saturate():
+    """Codes at both ends of their range times |x_q| = 127 everywhere: the int16 sums must not clip."""
+    for mode, lo, hi in [(avx2.S8, -128, 127), (avx2.U8_63, -32, 31), (avx2.U8_31, -16, 15)]:
+        q = np.empty((1, 64, R), np.int8)
+        q[:, 0::2], q[:, 1::2] = lo, hi
+        q[:, :, 1::2] = lo                 # rows all at the extreme low code
+        scale = np.ones((1, 2, R), np.float32)
+        offset = np.zeros((1, 0, R), np.float32)
+        lay = avx2.build_layout(q.view(np.uint8), 32, False)
+        assert lay.mode == mode
+        w = q[0].T.astype(np.float64)      # (R, 64)
+        for x in (np.full(64, 1.0, np.float32), np.full(64, -1.0, np.float32),
+                  np.where(np.arange(64) % 2, -1.0, 1.0).astype(np.float32)):
+            out = np.empty(R, np.float32)
+            avx2.matvec_int8dot(lay.kind, lay.q, scale, offset, x, out)
+            np.testing.assert_allclose(out, w @ quantize_activation_reference(x), rtol=1e-6)
+
+
+@needs_avx2
+def test_matmul_packed_uses_it_for_one_row():
+    fmt = FORMATS[2]   # Q4_0
+    raw = _quantized(fmt, R * 2, 512, seed=5)
+    x = np.random.default_rng(5).standard_normal((1, 512)).astype(np.float32)
+    pm = repack(fmt, raw)
+    out = np.empty((1, R * 2), np.float32)
+    matmul_packed(pm, x, out)
+    _, want = _run(fmt, raw, x[0])
+    if avx2.ENABLED:
+        np.testing.assert_array_equal(out[0], want)
+
+
+def test_float_fallback_is_selected_by_env():
+    code = "from localllm.kernels import avx2; print(avx2.ENABLED)"
+    env = dict(os.environ, LOCALLLM_KERNEL="float")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
