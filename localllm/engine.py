@@ -10,6 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from . import chat_template
+from ._runtime import trim_heap
 from .errors import ContextOverflowError, ModelNotFoundError
 from .generate import Chunk, stream_generate
 from .ggufio import GGUFFile
@@ -58,6 +59,7 @@ class LLM:
         self.n_vocab = self.model.n_vocab
         self.cache = self.model.make_cache(self.n_ctx)
         self.gguf.release_pages()
+        trim_heap()
         self._ids: list[int] = []        # tokens whose keys/values are in the cache
         self.load_s = time.perf_counter() - t0
 

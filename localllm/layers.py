@@ -121,11 +121,6 @@ def fuse(linears: list[Linear]) -> Linear | None:
     q = np.concatenate([p.q for p in pms])
     scale = np.concatenate([p.scale for p in pms])
     offset = np.concatenate([p.offset for p in pms])
-    g0 = 0
-    for p in pms:
-        g1 = g0 + p.q.shape[0]
-        p.q, p.scale, p.offset = q[g0:g1], scale[g0:g1], offset[g0:g1]
-        g0 = g1
     fused = Linear.__new__(Linear)
     fused.name = "+".join(lin.name for lin in linears)
     fused.type_id = linears[0].type_id
@@ -135,4 +130,16 @@ def fuse(linears: list[Linear]) -> Linear | None:
     fused.packed = PackedMatrix(fused.n_out, first.n_cols, first.gs, first.nibbles, q, scale, offset)
     biases = [lin.bias if lin.bias is not None else np.zeros(lin.n_out, np.float32) for lin in linears]
     fused.bias = np.concatenate(biases) if any(lin.bias is not None for lin in linears) else None
+    fused.parts = linears
+    rebind_parts(fused)
     return fused
+
+
+def rebind_parts(fused: Linear) -> None:
+    """Point the packed arrays of a fused Linear's parts at their slices of the fused arrays."""
+    pm, g0 = fused.packed, 0
+    for lin in getattr(fused, "parts", ()):
+        p = lin.packed
+        g1 = g0 + p.q.shape[0]
+        p.q, p.scale, p.offset = pm.q[g0:g1], pm.scale[g0:g1], pm.offset[g0:g1]
+        g0 = g1

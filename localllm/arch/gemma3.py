@@ -137,8 +137,8 @@ class Model:
             f = self._fused
             logits = np.empty((1, self.n_vocab), np.float32)
             (cos, sin), (cos_l, sin_l) = self.rope_global, self.rope_local
-            decode_token(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, self.embed_scale, f.qs, f.ss,
-                         f.os, f.kinds, f.biases, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
+            decode_token(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, self.embed_scale, f.mt, f.qbuf,
+                         f.sbuf, f.obuf, f.bbuf, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
                          f.ffn_norm, f.post_ffw_norm, self.norm, f.head, cache.k, cache.v, cos, sin, cos_l,
                          sin_l, self._windows, True, a.norm_eps, a.n_head, a.n_kv_head, a.head_dim, a.n_ff,
                          True, np.float32(a.attn_scale), float(a.final_softcap), logits)

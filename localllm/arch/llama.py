@@ -113,8 +113,8 @@ class Model:
         if t == 1 and self._fused is not None:
             f = self._fused
             logits = np.empty((1, self.n_vocab), np.float32)
-            decode_token(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, np.float32(1.0), f.qs, f.ss,
-                         f.os, f.kinds, f.biases, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
+            decode_token(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, np.float32(1.0), f.mt, f.qbuf,
+                         f.sbuf, f.obuf, f.bbuf, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
                          f.ffn_norm, f.post_ffw_norm, self.norm, f.head, cache.k, cache.v, self.cos,
                          self.sin, self.cos, self.sin, self._windows, a.neox, a.norm_eps, a.n_head,
                          a.n_kv_head, a.head_dim, a.n_ff, False, np.float32(1.0 / math.sqrt(a.head_dim)),

@@ -3,8 +3,10 @@
 Per-op Python dispatch cost 0.3-1 µs per call and ~15 calls per layer; here the layer loop runs in
 Numba. Waking the thread pool costs 10-50 µs on these VMs, so only matrix products (and attention
 over long contexts) run in parallel, and q/k/v and gate/up run as one stacked matrix where their
-formats allow. Matrices are the repacked ones (kernels/repacked.py), passed as typed lists indexed
-layer * 7 + slot; a slot whose matrix is part of a stacked one holds an empty array.
+formats allow. The repacked matrices (kernels/repacked.py) of the whole model live in three flat
+buffers (codes, scales, offsets) with a table of where each one starts and its shape, indexed
+layer * 7 + slot; a slot whose matrix is part of a stacked one is empty. (Numba's typed lists held
+them first, but building one compiled its methods in every process: 2.2 s of each load.)
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import math
 
 import numpy as np
 from numba import njit
-from numba.typed import List
 
 from .ops import attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from .quantized import dequantize_row_any
@@ -35,16 +36,24 @@ def packed_matmul(nibbles, q, scale, offset, x, out):
         matmul_int8(q.view(np.int8), scale, offset, x, xsum, out)
 
 
-@njit(cache=True)
-def _linear(i, qs, ss, os_, kinds, biases, x, out):
-    packed_matmul(kinds[i] == 1, qs[i], ss[i], os_[i], x, out)
-    b = biases[i]
-    for j in range(b.shape[0]):
-        out[0, j] += b[j]
+# columns of the matrix table
+Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, NIBBLES, B_AT, B_LEN = range(11)
 
 
 @njit(cache=True)
-def decode_token(token, pos, emb_raw, emb_type, emb_scale, qs, ss, os_, kinds, biases, attn_norm, q_norm,
+def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
+    """out = x @ W_i.T (+ b_i) for matrix i of the table."""
+    g, r = mt[i, GROUPS], mt[i, ROWS]
+    q = qbuf[mt[i, Q_AT]:mt[i, Q_AT] + g * mt[i, COLS] * r].reshape((g, mt[i, COLS], r))
+    sc = sbuf[mt[i, S_AT]:mt[i, S_AT] + g * mt[i, N_GROUPS] * r].reshape((g, mt[i, N_GROUPS], r))
+    of = obuf[mt[i, O_AT]:mt[i, O_AT] + g * mt[i, O_GROUPS] * r].reshape((g, mt[i, O_GROUPS], r))
+    packed_matmul(mt[i, NIBBLES] == 1, q, sc, of, x, out)
+    for j in range(mt[i, B_LEN]):
+        out[0, j] += bbuf[mt[i, B_AT] + j]
+
+
+@njit(cache=True)
+def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf, bbuf, attn_norm, q_norm,
                  k_norm, post_attn_norm, ffn_norm, post_ffw_norm, out_norm, head, kc, vc, cos, sin,
                  cos_local, sin_local, windows, neox, eps, n_head, n_kv, head_dim, n_ff, gelu,
                  attn_scale, softcap, logits):
@@ -76,12 +85,12 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, qs, ss, os_, kinds, b
     for layer in range(n_layer):
         base = layer * 7
         rmsnorm(x, attn_norm[layer], eps, h)
-        if qs[base + K].size == 0:                         # stacked q|k|v
-            _linear(base + Q, qs, ss, os_, kinds, biases, h, qkv)
+        if mt[base + K, GROUPS] == 0:                         # stacked q|k|v
+            _linear(base + Q, mt, qbuf, sbuf, obuf, bbuf, h, qkv)
         else:
-            _linear(base + Q, qs, ss, os_, kinds, biases, h, qkv[:, :nq])
-            _linear(base + K, qs, ss, os_, kinds, biases, h, qkv[:, nq:nq + nk])
-            _linear(base + V, qs, ss, os_, kinds, biases, h, qkv[:, nq + nk:])
+            _linear(base + Q, mt, qbuf, sbuf, obuf, bbuf, h, qkv[:, :nq])
+            _linear(base + K, mt, qbuf, sbuf, obuf, bbuf, h, qkv[:, nq:nq + nk])
+            _linear(base + V, mt, qbuf, sbuf, obuf, bbuf, h, qkv[:, nq + nk:])
         q3.reshape(nq)[:] = qkv[0, :nq]
         k3.reshape(nk)[:] = qkv[0, nq:nq + nk]
         if q_norm.shape[0] > 0:
@@ -102,57 +111,72 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, qs, ss, os_, kinds, b
             attention(q3, kc[layer], vc[layer], pos, attn_scale, window, att)
         else:
             attention_serial(q3, kc[layer], vc[layer], pos, attn_scale, window, att)
-        _linear(base + O, qs, ss, os_, kinds, biases, att.reshape(1, nq), tmp)
+        _linear(base + O, mt, qbuf, sbuf, obuf, bbuf, att.reshape(1, nq), tmp)
         if post_attn_norm.shape[0] > 0:
             rmsnorm(tmp, post_attn_norm[layer], eps, tmp)
         for j in range(d):
             x[0, j] += tmp[0, j]
         rmsnorm(x, ffn_norm[layer], eps, h)
-        if qs[base + UP].size == 0:                        # stacked gate|up
-            _linear(base + GATE, qs, ss, os_, kinds, biases, h, gu)
+        if mt[base + UP, GROUPS] == 0:                        # stacked gate|up
+            _linear(base + GATE, mt, qbuf, sbuf, obuf, bbuf, h, gu)
             g[0, :] = gu[0, :n_ff]
             u[0, :] = gu[0, n_ff:]
         else:
-            _linear(base + GATE, qs, ss, os_, kinds, biases, h, g)
-            _linear(base + UP, qs, ss, os_, kinds, biases, h, u)
+            _linear(base + GATE, mt, qbuf, sbuf, obuf, bbuf, h, g)
+            _linear(base + UP, mt, qbuf, sbuf, obuf, bbuf, h, u)
         if gelu:
             gelu_tanh_mul(g, u, g)
         else:
             silu_mul(g, u, g)
-        _linear(base + DOWN, qs, ss, os_, kinds, biases, g, tmp)
+        _linear(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, g, tmp)
         if post_ffw_norm.shape[0] > 0:
             rmsnorm(tmp, post_ffw_norm[layer], eps, tmp)
         for j in range(d):
             x[0, j] += tmp[0, j]
     rmsnorm(x, out_norm, eps, h)
-    _linear(head, qs, ss, os_, kinds, biases, h, logits)
+    _linear(head, mt, qbuf, sbuf, obuf, bbuf, h, logits)
     if softcap > 0:
         for j in range(logits.shape[1]):
             logits[0, j] = np.float32(math.tanh(logits[0, j] / softcap)) * softcap
 
 
-def pack_lists(linears):
-    """Typed lists (q as uint8, scale, offset, bias) and kinds for a sequence of packed Linear layers
-    (None: an empty slot), or None when any of them is not repacked (then the per-op path runs)."""
+def pack_buffers(linears):
+    """(table, codes, scales, offsets, biases) for a sequence of packed Linear layers (None: an empty
+    slot), or None when any is not repacked (then the per-op path runs). The layers' packed arrays are
+    rebound to views of the buffers, so the weights are held once."""
+    from ..layers import rebind_parts
+
     if any(lin is not None and lin.packed is None for lin in linears):
         return None
-    qs, ss, os_, bs = List(), List(), List(), List()
-    kinds = np.zeros(len(linears), np.int64)
-    empty3, empty1 = np.zeros((0, 0, 0), np.float32), np.zeros(0, np.float32)
+    mt = np.zeros((len(linears), 11), np.int64)
+    sizes = np.zeros(4, np.int64)                           # running lengths of q, scale, offset, bias
     for i, lin in enumerate(linears):
         if lin is None:
-            qs.append(np.zeros((0, 0, 0), np.uint8))
-            ss.append(empty3)
-            os_.append(empty3)
-            bs.append(empty1)
             continue
         pm = lin.packed
-        qs.append(pm.q.view(np.uint8))
-        ss.append(pm.scale)
-        os_.append(pm.offset)
-        bs.append(lin.bias if lin.bias is not None else empty1)
-        kinds[i] = 1 if pm.nibbles else 0
-    return qs, ss, os_, kinds, bs
+        g, x, r = pm.q.shape
+        mt[i] = (sizes[0], g, x, r, sizes[1], pm.scale.shape[1], sizes[2], pm.offset.shape[1],
+                 int(pm.nibbles), sizes[3], 0 if lin.bias is None else lin.bias.size)
+        sizes += (pm.q.size, pm.scale.size, pm.offset.size, mt[i, B_LEN])
+    qbuf, sbuf = np.empty(sizes[0], np.uint8), np.empty(sizes[1], np.float32)
+    obuf, bbuf = np.empty(sizes[2], np.float32), np.empty(sizes[3], np.float32)
+    for i, lin in enumerate(linears):
+        if lin is None:
+            continue
+        pm, (qa, g, x, r, sa, ng, oa, ong, _, ba, bl) = lin.packed, mt[i]
+        qv = qbuf[qa:qa + pm.q.size].reshape(pm.q.shape)
+        qv[...] = pm.q.view(np.uint8)
+        pm.q = qv.view(pm.q.dtype)
+        for name, buf, at in (("scale", sbuf, sa), ("offset", obuf, oa)):
+            arr = getattr(pm, name)
+            view = buf[at:at + arr.size].reshape(arr.shape)
+            view[...] = arr
+            setattr(pm, name, view)
+        if bl:
+            bbuf[ba:ba + bl] = lin.bias
+            lin.bias = bbuf[ba:ba + bl]
+        rebind_parts(lin)
+    return mt, qbuf, sbuf, obuf, bbuf
 
 
 NONE2 = np.zeros((0, 0), np.float32)
@@ -171,11 +195,11 @@ class FusedDecoder:
             qkv, gu = fuse([L.wq, L.wk, L.wv]), fuse([L.gate, L.up])
             mats += [qkv, None, None] if qkv else [L.wq, L.wk, L.wv]
             mats += [L.wo] + ([gu, None] if gu else [L.gate, L.up]) + [L.down]
-        lists = pack_lists(mats + [output])
-        if lists is None:
+        bufs = pack_buffers(mats + [output])
+        if bufs is None:
             return None
         self = cls()
-        self.qs, self.ss, self.os, self.kinds, self.biases = lists
+        self.mt, self.qbuf, self.sbuf, self.obuf, self.bbuf = bufs
         self.head = len(mats)
         stack = lambda name: np.stack([getattr(L, name) for L in layers]) if name else NONE2
         self.attn_norm, self.ffn_norm = stack(attn_norm), stack(ffn_norm)          # (n_layer, D)
