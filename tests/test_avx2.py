@@ -13,7 +13,7 @@ import pytest
 
 from localllm.kernels import avx2
 from localllm.kernels.quantized import matmul_reference
-from localllm.kernels.repacked import R, matmul_packed, repack
+from localllm.kernels.repacked import R, repack
 from localllm.quants import FORMATS, _load_all, dequantize_reference
 from test_quants import _quantized
 
@@ -88,19 +88,6 @@ def test_extreme_codes_do_not_saturate():
             out = np.empty(R, np.float32)
             avx2.matvec_int8dot(lay.kind, lay.q, scale, offset, x, out)
             np.testing.assert_allclose(out, w @ quantize_activation_reference(x), rtol=1e-6)
-
-
-@needs_avx2
-def test_matmul_packed_uses_it_for_one_row():
-    fmt = FORMATS[2]   # Q4_0
-    raw = _quantized(fmt, R * 2, 512, seed=5)
-    x = np.random.default_rng(5).standard_normal((1, 512)).astype(np.float32)
-    pm = repack(fmt, raw)
-    out = np.empty((1, R * 2), np.float32)
-    matmul_packed(pm, x, out)
-    _, want = _run(fmt, raw, x[0])
-    if avx2.ENABLED:
-        np.testing.assert_array_equal(out[0], want)
 
 
 def test_float_fallback_is_selected_by_env():

@@ -221,10 +221,6 @@ def dequantize_packed(q, scale, offset, nibbles, out):
 
 def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out (T, n_rows) = x (T, n_cols) @ W.T."""
-    dot = pm.int8dot() if x.shape[0] == 1 else None
-    if dot is not None:
-        avx2.matvec_int8dot(dot.kind, dot.q, pm.scale, pm.offset, x[0], out[0])
-        return out
     ng = pm.scale.shape[1]
     xsum = np.empty((x.shape[0], ng if pm.offset.shape[1] else 0), np.float32)
     if xsum.shape[1]:
