@@ -16,7 +16,6 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     SET_HERE["GOMP_SPINCOUNT"] = os.environ["GOMP_SPINCOUNT"] = "1000"
 
 
-
 def trim_heap() -> None:
     """Give freed heap memory back to the OS (glibc keeps it after the load-time repacking: ~80 MB
     for SmolLM2). A no-op where libc has no malloc_trim."""
