@@ -90,8 +90,31 @@ def test_extreme_codes_do_not_saturate():
             np.testing.assert_allclose(out, w @ quantize_activation_reference(x), rtol=1e-6)
 
 
-def test_float_fallback_is_selected_by_env():
+@pytest.mark.parametrize("setting", ["float", "avx2"])
+def test_kernel_selected_by_env(setting):
     code = "from localllm.kernels import avx2; print(avx2.ENABLED)"
-    env = dict(os.environ, LOCALLLM_KERNEL="float")
+    env = dict(os.environ, LOCALLLM_KERNEL=setting)
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert res.stdout.strip() == "False"
+    assert res.stdout.strip() == str(setting == "avx2" and avx2.AVAILABLE)
+
+
+@needs_avx2
+@pytest.mark.parametrize("enabled", [False, True])
+def test_decode_path_both_kernels(tmp_path, monkeypatch, enabled):
+    """A tiny model decoded one token at a time with either kernel matches its batched logits (the int8
+    activation moves them by ~1e-2 of their scale, the float kernels by float rounding only)."""
+    import localllm
+    from tinymodel import write_tiny_llama
+    monkeypatch.setattr(avx2, "ENABLED", enabled)
+    path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=2, qtype="Q4_0")
+    llm = localllm.load(path, n_ctx=64)
+    ids = [int(i) for i in np.random.default_rng(0).integers(0, 200, 12)]
+    full = llm.logits(ids)
+    from localllm.kernels.decode import NIBBLES
+    kinds = llm.model._fused.mt[:, NIBBLES]
+    assert (kinds >= avx2.KIND_BASE).any() == enabled
+    llm.cache.reset()
+    llm._ids = []
+    step = [llm._eval(ids[:1])] + [llm._eval_next(t) for t in ids[1:]]
+    tol = 3e-2 if enabled else 1e-4
+    np.testing.assert_allclose(np.stack(step), full, atol=tol * np.abs(full).max())

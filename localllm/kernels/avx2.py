@@ -18,8 +18,8 @@ row octets o = 0..3 (rows 8o..8o+7), vectors of 32 bytes, byte 4*r + j:
 int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), U8_31 7874 (4), U8_63 16002 (2), S8 32512 (1).
 Scale groups of 16 columns (Q2_K, Q3_K, Q6_K) are two halves of a block, summed separately.
 
-Selection: only where the host CPU has AVX2 (llvmlite's host features); `LOCALLLM_KERNEL=float` keeps the
-float kernels. The choice lives in data (the layout built, the kind code passed to `packed_matmul`), never in
+Selection: only where the host CPU has AVX2 (llvmlite's host features) and `LOCALLLM_KERNEL=avx2`; else
+(`float`, the default for now, see ENABLED) the float kernels run. The choice lives in data (the layout built, the kind code passed to `packed_matmul`), never in
 compiled code, so Numba's cache (keyed on the CPU) stays right for both. The cache does not see edits to this
 module from the cached functions that call it (decode.py): clear localllm/kernels/__pycache__ after changing it.
 """
@@ -48,7 +48,11 @@ def _host_has_avx2() -> bool:
 
 
 AVAILABLE = _host_has_avx2()                                        # compiled only when True
-ENABLED = AVAILABLE and os.environ.get("LOCALLLM_KERNEL", "auto").lower() not in ("float", "0", "off")
+# Opt-in for now (LOCALLLM_KERNEL=avx2): decode gets ~3x faster matrix products, but the layout is kept
+# beside PackedMatrix.q (prefill reads that one), ~0.5-1 byte more per weight, and one-token logits move
+# by the activation quantization (~1e-2 relative, the size of llama.cpp's own one-token vs batch gap).
+# Read when matrices are packed, so tests may set it before loading a model.
+ENABLED = AVAILABLE and os.environ.get("LOCALLLM_KERNEL", "float").lower() in ("avx2", "int8dot", "auto")
 
 NIBBLES, U8_31, U8_63, S8 = range(4)
 KIND_BASE = 2          # packed_matmul kinds: 0 float int8, 1 float nibbles, >= 2 this kernel (mode, lo encoded)

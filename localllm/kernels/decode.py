@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numba import njit
 
+from .avx2 import KIND_BASE, matvec_int8dot
 from .ops import attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from .quantized import dequantize_row_any
 from .repacked import group_sums, matmul_int8, matmul_nibbles
@@ -25,7 +26,12 @@ PARALLEL_ATTENTION_FROM = 512           # cache length from which decode attenti
 
 @njit(cache=True)
 def packed_matmul(nibbles, q, scale, offset, x, out):
-    """out (T, n_rows) = x (T, K) @ W.T for a repacked W; q is viewed as int8 for the int8 kind."""
+    """out (T, n_rows) = x (T, K) @ W.T for a repacked W; q is viewed as int8 for the int8 kind.
+    nibbles >= avx2.KIND_BASE: q holds the integer-dot layout of that kind (avx2.py; x quantized to int8)."""
+    if nibbles >= KIND_BASE:
+        for t in range(x.shape[0]):
+            matvec_int8dot(nibbles, q, scale, offset, x[t], out[t])
+        return
     ng = scale.shape[1]
     xsum = np.empty((x.shape[0], ng if offset.shape[1] > 0 else 0), np.float32)
     if offset.shape[1] > 0:
@@ -47,7 +53,7 @@ def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
     q = qbuf[mt[i, Q_AT]:mt[i, Q_AT] + g * mt[i, COLS] * r].reshape((g, mt[i, COLS], r))
     sc = sbuf[mt[i, S_AT]:mt[i, S_AT] + g * mt[i, N_GROUPS] * r].reshape((g, mt[i, N_GROUPS], r))
     of = obuf[mt[i, O_AT]:mt[i, O_AT] + g * mt[i, O_GROUPS] * r].reshape((g, mt[i, O_GROUPS], r))
-    packed_matmul(mt[i, NIBBLES] == 1, q, sc, of, x, out)
+    packed_matmul(mt[i, NIBBLES], q, sc, of, x, out)
     for j in range(mt[i, B_LEN]):
         out[0, j] += bbuf[mt[i, B_AT] + j]
 
@@ -165,8 +171,14 @@ def pack_buffers(linears):
             continue
         pm, (qa, g, x, r, sa, ng, oa, ong, _, ba, bl) = lin.packed, mt[i]
         qv = qbuf[qa:qa + pm.q.size].reshape(pm.q.shape)
-        qv[...] = pm.q.view(np.uint8)
-        pm.q = qv.view(pm.q.dtype)
+        dot = pm.int8dot()
+        if dot is None:
+            qv[...] = pm.q.view(np.uint8)
+            pm.q = qv.view(pm.q.dtype)
+        else:                               # decode reads the integer-dot layout; pm.q stays for prefill
+            qv[...] = dot.q
+            dot.q = qv
+            mt[i, NIBBLES] = dot.kind
         for name, buf, at in (("scale", sbuf, sa), ("offset", obuf, oa)):
             arr = getattr(pm, name)
             view = buf[at:at + arr.size].reshape(arr.shape)
