@@ -11,11 +11,14 @@ code shifts use the sums of the *quantized* activation, so the error is the one 
 Layout (`Int8DotLayout.q`: uint8 of PackedMatrix.q's shape and size, so it can stand in for it), per row group of 32 rows and 32-column block,
 row octets o = 0..3 (rows 8o..8o+7), vectors of 32 bytes, byte 4*r + j:
 - mode NIBBLES (4-bit kinds): 4 vectors per octet, vector v = u[8o+r, k0+8v+j] | u[8o+r, k0+8v+4+j] << 4;
-- modes U8_31 / U8_63 (int8 kinds whose codes span <= 31 / <= 63): 8 vectors per octet,
-  vector c = code[8o+r, k0+4c+j] - lo, lo the matrix's smallest code; lo * sum(x_q) is added back in int32;
+- mode NIB5 (int8 kinds whose codes span <= 31: Q5_0, Q5_1, Q5_K): u = code - lo (lo the matrix's smallest
+  code; lo * sum(x_q) is added back in int32) as 5 bits: the 4 nibble vectors as above, then one vector
+  whose byte 4*r + j holds bit 4 of the 8 codes at that position, bit 2v (low nibble) / 2v+1 (high) -
+  160 bytes an octet, 0.625 byte a weight instead of 1 (decode is memory bound here);
+- mode U8_63 (codes span <= 63: Q6_K): 8 vectors per octet, vector c = code[8o+r, k0+4c+j] - lo;
 - mode S8 (Q8_0, full int8 range): as above with the raw int8 codes, multiplied with the sign trick
   (|w| unsigned, sign(w)*x signed: |x| <= 127 keeps 2*128*127 inside int16).
-int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), U8_31 7874 (4), U8_63 16002 (2), S8 32512 (1).
+int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), NIB5 7874 (4), U8_63 16002 (2), S8 32512 (1).
 Scale groups of 16 columns (Q2_K, Q3_K, Q6_K) are two halves of a block, summed separately.
 
 Selection: only where the host CPU has AVX2 (llvmlite's host features) and `LOCALLLM_KERNEL=avx2`; else
@@ -54,11 +57,11 @@ AVAILABLE = _host_has_avx2()                                        # compiled o
 # Read when matrices are packed, so tests may set it before loading a model.
 ENABLED = AVAILABLE and os.environ.get("LOCALLLM_KERNEL", "float").lower() in ("avx2", "int8dot", "auto")
 
-NIBBLES, U8_31, U8_63, S8 = range(4)
+NIBBLES, NIB5, U8_63, S8 = range(4)
 KIND_BASE = 2          # packed_matmul kinds: 0 float int8, 1 float nibbles, >= 2 this kernel (mode, lo encoded)
 BLOCK = 32             # columns per activation block (one d) and per kernel call
 ROWS = 32              # rows per row group (repacked.R)
-_CHUNK = {NIBBLES: 8, U8_31: 4, U8_63: 2, S8: 1}   # vpmaddubsw results added in int16 before vpmaddwd
+_CHUNK = {NIBBLES: 8, NIB5: 4, U8_63: 2, S8: 1}   # vpmaddubsw results added in int16 before vpmaddwd
 
 
 def encode_kind(mode: int, lo: int) -> int:
@@ -105,10 +108,13 @@ def build_layout(q: np.ndarray, gs: int, nibbles: bool) -> Int8DotLayout | None:
         qi = q.view(np.int8)
         lo, hi = (int(qi.min()), int(qi.max())) if qi.size else (0, 0)
         span = hi - lo
-        mode = U8_31 if span <= 31 else U8_63 if span <= 63 else S8
+        mode = NIB5 if span <= 31 else U8_63 if span <= 63 else S8
         if mode == S8:
             lo = 0
-    out = np.empty(q.shape, np.uint8)          # same shape and bytes as q, another order (see above)
+    if mode == NIB5:       # 5 bits a code: 640 bytes a block instead of 1024
+        out = np.empty((n_grp, nblk * 20, r_n), np.uint8)
+    else:                  # same shape and bytes as q, another order (see above)
+        out = np.empty(q.shape, np.uint8)
     for g0 in range(0, n_grp, LAYOUT_CHUNK):
         g1 = min(n_grp, g0 + LAYOUT_CHUNK)
         c = q[g0:g1]
@@ -121,6 +127,18 @@ def build_layout(q: np.ndarray, gs: int, nibbles: bool) -> Int8DotLayout | None:
             u7 = u.reshape(n, nblk, 4, 2, 4, 4, 8)            # g, blk, v, lo/hi, j, o, r
             packed = u7[:, :, :, 0] | (u7[:, :, :, 1] << np.uint8(4))   # g, blk, v, j, o, r
             out[g0:g1] = packed.transpose(0, 1, 4, 2, 5, 3).reshape(n, q.shape[1], r_n)
+        elif mode == NIB5:
+            u = (c.view(np.int8).astype(np.int16) - lo).astype(np.uint8)
+            u7 = u.reshape(n, nblk, 4, 2, 4, 4, 8)            # g, blk, v, lo/hi, j, o, r
+            nib = (u7[:, :, :, 0] & 15) | ((u7[:, :, :, 1] & 15) << np.uint8(4))   # g, blk, v, j, o, r
+            hb = np.zeros((n, nblk, 4, 4, 8), np.uint8)        # g, blk, j, o, r: bit 2v+h = bit 4 of u
+            for v in range(4):
+                for h in range(2):
+                    hb |= (u7[:, :, v, h] >> np.uint8(4)) << np.uint8(2 * v + h)
+            blk = np.empty((n, nblk, 4, 160), np.uint8)        # g, blk, o, 4 nibble vectors + 1 bit vector
+            blk[..., :128] = nib.transpose(0, 1, 4, 2, 5, 3).reshape(n, nblk, 4, 128)
+            blk[..., 128:] = hb.transpose(0, 1, 3, 4, 2).reshape(n, nblk, 4, 32)
+            out[g0:g1] = blk.reshape(n, nblk * 20, r_n)
         else:
             u = (c.view(np.int8).astype(np.int16) - lo).astype(np.uint8) if mode != S8 else c.view(np.uint8)
             u6 = u.reshape(n, nblk, 8, 4, 4, 8)               # g, blk, c, j, o, r
@@ -155,7 +173,8 @@ def _vload(builder, base, at, vty, align):
 
 
 def _make_block(mode: int, halves: int):
-    per_octet = 4 if mode == NIBBLES else 8           # vectors per row octet
+    per_octet = 4 if mode in (NIBBLES, NIB5) else 8    # code vectors per row octet
+    octet_bytes = 160 if mode == NIB5 else per_octet * 32
     per_half = per_octet // halves
     chunk = _CHUNK[mode]
 
@@ -187,14 +206,30 @@ def _make_block(mode: int, halves: int):
             vbytes = 32
             for o in range(4):
                 isums = []
+                if mode == NIB5:   # bit 4 of the codes of vector i (= 2v + lo/hi) is bit i of hv's bytes
+                    hv = builder.bitcast(_vload(builder, qp, builder.add(qat64, ir.Constant(_I64, o * octet_bytes + 128)),
+                                                _V32I8, 1), _V16I16)
+                    bit4 = ir.Constant(_V32I8, [16] * 32)
+
+                    def high(i):
+                        if i < 4:
+                            t = builder.shl(hv, ir.Constant(_V16I16, [4 - i] * 16))
+                        elif i > 4:
+                            t = builder.lshr(hv, ir.Constant(_V16I16, [i - 4] * 16))
+                        else:
+                            t = hv
+                        return builder.and_(builder.bitcast(t, _V32I8), bit4)
                 for h in range(halves):
                     prods = []
                     for v in range(h * per_half, (h + 1) * per_half):
-                        at = builder.add(qat64, ir.Constant(_I64, (o * per_octet + v) * vbytes))
+                        at = builder.add(qat64, ir.Constant(_I64, o * octet_bytes + v * vbytes))
                         w = _vload(builder, qp, at, _V32I8, 1)
-                        if mode == NIBBLES:
+                        if mode in (NIBBLES, NIB5):
                             wl = builder.and_(w, lo4)
                             wh = builder.and_(builder.lshr(w, sh4), lo4)
+                            if mode == NIB5:
+                                wl = builder.or_(wl, high(2 * v))
+                                wh = builder.or_(wh, high(2 * v + 1))
                             prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wl, xb[2 * v]))
                             prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wh, xb[2 * v + 1]))
                         elif mode == S8:
@@ -210,7 +245,7 @@ def _make_block(mode: int, halves: int):
                             s16 = builder.add(s16, p)
                         s32 = _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, s16, ones)
                         isum = s32 if isum is None else builder.add(isum, s32)
-                    if mode in (U8_31, U8_63):
+                    if mode in (NIB5, U8_63):
                         isum = builder.add(isum, corr[h])
                     isums.append(isum)
                 accp = builder.bitcast(builder.gep(ap, [ir.Constant(_I64, 8 * o)]), _V8F.as_pointer())
@@ -238,7 +273,7 @@ def _make_block(mode: int, halves: int):
 
 
 _nib1, _nib2 = _make_block(NIBBLES, 1), _make_block(NIBBLES, 2)
-_u31_1, _u31_2 = _make_block(U8_31, 1), _make_block(U8_31, 2)
+_n5_1, _n5_2 = _make_block(NIB5, 1), _make_block(NIB5, 2)
 _u63_1, _u63_2 = _make_block(U8_63, 1), _make_block(U8_63, 2)
 _s8_1, _s8_2 = _make_block(S8, 1), _make_block(S8, 2)
 
@@ -293,8 +328,8 @@ if AVAILABLE:
                         xs0, xs1 = d * np.float32(s2), np.float32(0.0)
                         if mode == NIBBLES:
                             _nib1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        elif mode == U8_31:
-                            _u31_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        elif mode == NIB5:
+                            _n5_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                         elif mode == U8_63:
                             _u63_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                         else:
@@ -305,8 +340,8 @@ if AVAILABLE:
                         xs0, xs1 = d * np.float32(xqs[2 * b]), d * np.float32(xqs[2 * b + 1])
                         if mode == NIBBLES:
                             _nib2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        elif mode == U8_31:
-                            _u31_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        elif mode == NIB5:
+                            _n5_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                         elif mode == U8_63:
                             _u63_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                         else:

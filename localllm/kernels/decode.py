@@ -160,25 +160,27 @@ def pack_buffers(linears):
         if lin is None:
             continue
         pm = lin.packed
-        g, x, r = pm.q.shape
+        dot = pm.int8dot()                  # the integer-dot layout (avx2.py) where that kernel is on
+        codes = pm.q if dot is None else dot.q
+        g, x, r = codes.shape
         mt[i] = (sizes[0], g, x, r, sizes[1], pm.scale.shape[1], sizes[2], pm.offset.shape[1],
-                 int(pm.nibbles), sizes[3], 0 if lin.bias is None else lin.bias.size)
-        sizes += (pm.q.size, pm.scale.size, pm.offset.size, mt[i, B_LEN])
+                 int(pm.nibbles) if dot is None else dot.kind, sizes[3], 0 if lin.bias is None else lin.bias.size)
+        sizes += (codes.size, pm.scale.size, pm.offset.size, mt[i, B_LEN])
     qbuf, sbuf = np.empty(sizes[0], np.uint8), np.empty(sizes[1], np.float32)
     obuf, bbuf = np.empty(sizes[2], np.float32), np.empty(sizes[3], np.float32)
     for i, lin in enumerate(linears):
         if lin is None:
             continue
         pm, (qa, g, x, r, sa, ng, oa, ong, _, ba, bl) = lin.packed, mt[i]
-        qv = qbuf[qa:qa + pm.q.size].reshape(pm.q.shape)
         dot = pm.int8dot()
         if dot is None:
+            qv = qbuf[qa:qa + pm.q.size].reshape(pm.q.shape)
             qv[...] = pm.q.view(np.uint8)
             pm.q = qv.view(pm.q.dtype)
         else:                               # decode reads the integer-dot layout; pm.q stays for prefill
+            qv = qbuf[qa:qa + dot.q.size].reshape(dot.q.shape)
             qv[...] = dot.q
             dot.q = qv
-            mt[i, NIBBLES] = dot.kind
         for name, buf, at in (("scale", sbuf, sa), ("offset", obuf, oa)):
             arr = getattr(pm, name)
             view = buf[at:at + arr.size].reshape(arr.shape)
