@@ -118,3 +118,28 @@ def test_decode_path_both_kernels(tmp_path, monkeypatch, enabled):
     step = [llm._eval(ids[:1])] + [llm._eval_next(t) for t in ids[1:]]
     tol = 3e-2 if enabled else 1e-4
     np.testing.assert_allclose(np.stack(step), full, atol=tol * np.abs(full).max())
+
+
+@pytest.mark.slow   # compiles every kernel afresh (~50 s)
+def test_without_avx2_everything_runs_on_the_float_kernels(tmp_path):
+    """A CPU without AVX2 (simulated: llvmlite reports none, so Numba compiles without it too) compiles the stub and decodes on the
+    float kernels, whatever LOCALLLM_KERNEL says."""
+    from tinymodel import write_tiny_llama
+    path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=1, qtype="Q4_0")
+    code = (
+        "import llvmlite.binding as b\n"
+        "features = b.get_host_cpu_features()\n"
+        "features['avx2'] = False\n"
+        "b.get_host_cpu_features = lambda: features\n"
+        "import numpy as np, localllm\n"
+        "from localllm.kernels import avx2\n"
+        "assert not avx2.AVAILABLE and not avx2.ENABLED\n"
+        f"llm = localllm.load({str(path)!r}, n_ctx=32)\n"
+        "full = llm.logits([3, 5, 7])\n"
+        "llm.cache.reset(); llm._ids = []\n"
+        "step = np.stack([llm._eval([3]), llm._eval_next(5), llm._eval_next(7)])\n"
+        "assert np.abs(step - full).max() <= 1e-4 * np.abs(full).max()\n"
+        "print('ok')\n")
+    env = dict(os.environ, LOCALLLM_KERNEL="avx2", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
