@@ -8,8 +8,8 @@ and `vpmaddwd(.., ones)` sums each row's pairs to int32, 8 rows x 4 columns per 
 The result is exactly W @ x_hat (x_hat the dequantized activation) up to float rounding: the offsets and
 code shifts use the sums of the *quantized* activation, so the error is the one llama.cpp makes.
 
-Layout (`Int8DotLayout.q`: uint8 of PackedMatrix.q's shape and size, so it can stand in for it), per row group of 32 rows and 32-column block,
-row octets o = 0..3 (rows 8o..8o+7), vectors of 32 bytes, byte 4*r + j:
+Layout (`Int8DotLayout.q`, uint8 (G, bytes a group / 32, 32), group-major like PackedMatrix.q), per row
+group of 32 rows and 32-column block, row octets o = 0..3 (rows 8o..8o+7), vectors of 32 bytes, byte 4*r + j:
 - mode NIBBLES (4-bit kinds): 4 vectors per octet, vector v = u[8o+r, k0+8v+j] | u[8o+r, k0+8v+4+j] << 4;
 - mode NIB5 (int8 kinds whose codes span <= 31: Q5_0, Q5_1, Q5_K): u = code - lo (lo the matrix's smallest
   code; lo * sum(x_q) is added back in int32) as 5 bits: the 4 nibble vectors as above, then one vector
@@ -22,8 +22,9 @@ int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), NIB5 7874 (4),
 Scale groups of 16 columns (Q2_K, Q3_K, Q6_K) are two halves of a block, summed separately.
 
 Selection: only where the host CPU has AVX2 (llvmlite's host features) and `LOCALLLM_KERNEL=avx2`; else
-(`float`, the default for now, see ENABLED) the float kernels run. The choice lives in data (the layout built, the kind code passed to `packed_matmul`), never in
-compiled code, so Numba's cache (keyed on the CPU) stays right for both. The cache does not see edits to this
+(`float`, the default for now, see ENABLED) the float kernels run. The choice lives in data (the layout
+built, the kind code passed to `packed_matmul`), never in compiled code, so Numba's cache (keyed on the CPU)
+stays right for both; without AVX2 the driver is a stub, so no x86 intrinsic is ever compiled. The cache does not see edits to this
 module from the cached functions that call it (decode.py): clear localllm/kernels/__pycache__ after changing it.
 """
 from __future__ import annotations
@@ -51,9 +52,10 @@ def _host_has_avx2() -> bool:
 
 
 AVAILABLE = _host_has_avx2()                                        # compiled only when True
-# Opt-in for now (LOCALLLM_KERNEL=avx2): decode gets ~3x faster matrix products, but the layout is kept
-# beside PackedMatrix.q (prefill reads that one), ~0.5-1 byte more per weight, and one-token logits move
-# by the activation quantization (~1e-2 relative, the size of llama.cpp's own one-token vs batch gap).
+# Opt-in for now (LOCALLLM_KERNEL=avx2): decode gets 2-3x faster matrix products, but the layout is kept
+# beside PackedMatrix.q (prefill reads that one): 0.5-1 byte more per weight resident; and one-token logits
+# move by the activation quantization (~1e-2 of their scale, the size of llama.cpp's own one-token vs batch
+# gap), past the 1e-4 that tests/test_*_arch.py::test_cache_vs_no_cache allows.
 # Read when matrices are packed, so tests may set it before loading a model.
 ENABLED = AVAILABLE and os.environ.get("LOCALLLM_KERNEL", "float").lower() in ("avx2", "int8dot", "auto")
 
