@@ -127,7 +127,8 @@ def test_escape_stops_and_queued_message_follows(llm):
             assert len(app.queue) == 1 and any("Queued" in n for n in notes(app))
             await send(pilot, "/set max_tokens 3")              # applies to the queued message
             await pilot.press("escape")
-            await wait_for(pilot, lambda: not app.busy and not app.queue)
+            # the queued message is sent right after the stop: wait until its reply is in, too
+            await wait_for(pilot, lambda: len(app.conv.turns) == 4 and not app.busy and not app.queue)
             story, stopped, thanks, answer = app.conv.turns
             assert stopped.stopped and stopped.content            # the partial answer is kept
             assert stopped.stats["completion_tokens"] < 150
