@@ -7,6 +7,7 @@ from .ggufio import TensorInfo
 import os
 
 from .kernels.quantized import dequantize_rows, gather_rows, matmul_small, matvec
+from .kernels.avx2 import Int8DotLayout, dequantize_int8dot
 from .kernels.repacked import R as PACK_ROWS, dequantize_packed, matmul_packed, repack
 from .quants import get_format
 
@@ -55,6 +56,9 @@ class Linear:
             return
         pm, g0 = self.packed, r0 // PACK_ROWS
         g1 = -(-r1 // PACK_ROWS)
+        if pm.q is None:                 # the int8-dot layout holds the only copy of the codes
+            dequantize_int8dot(pm.dot.kind, pm.dot.q[g0:g1], pm.scale[g0:g1], pm.offset[g0:g1], out)
+            return
         dequantize_packed(pm.q[g0:g1], pm.scale[g0:g1], pm.offset[g0:g1], pm.nibbles, out)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -118,7 +122,14 @@ def fuse(linears: list[Linear]) -> Linear | None:
                and p.offset.shape[1] == first.offset.shape[1] for p in pms)
     if not same or any(p.n_rows % PACK_ROWS for p in pms[:-1]):
         return None
-    q = np.concatenate([p.q for p in pms])
+    dots = [p.dot for p in pms]
+    if any(p.q is None for p in pms):      # codes already in the int8-dot layout: stack those (one kind)
+        if any(d is None or d.kind != dots[0].kind for d in dots):
+            return None
+        q = None
+        dot = Int8DotLayout(dots[0].mode, dots[0].lo, np.concatenate([d.q for d in dots]))
+    else:
+        q, dot = np.concatenate([p.q for p in pms]), None
     scale = np.concatenate([p.scale for p in pms])
     offset = np.concatenate([p.offset for p in pms])
     fused = Linear.__new__(Linear)
@@ -127,7 +138,8 @@ def fuse(linears: list[Linear]) -> Linear | None:
     fused.n_in = first.n_cols
     fused.n_out = sum(p.n_rows for p in pms)
     fused.raw = None
-    fused.packed = PackedMatrix(fused.n_out, first.n_cols, first.gs, first.nibbles, q, scale, offset)
+    fused.packed = PackedMatrix(fused.n_out, first.n_cols, first.gs, first.nibbles, q, scale, offset,
+                                dot, dot is not None)
     biases = [lin.bias if lin.bias is not None else np.zeros(lin.n_out, np.float32) for lin in linears]
     fused.bias = np.concatenate(biases) if any(lin.bias is not None for lin in linears) else None
     fused.parts = linears
@@ -136,10 +148,15 @@ def fuse(linears: list[Linear]) -> Linear | None:
 
 
 def rebind_parts(fused: Linear) -> None:
-    """Point the packed arrays of a fused Linear's parts at their slices of the fused arrays."""
+    """Point the packed arrays of a fused Linear's parts at their slices of the fused arrays (the codes:
+    of its int8-dot layout where it has one, with the fused matrix's kind; the parts then hold no other)."""
     pm, g0 = fused.packed, 0
     for lin in getattr(fused, "parts", ()):
         p = lin.packed
-        g1 = g0 + p.q.shape[0]
-        p.q, p.scale, p.offset = pm.q[g0:g1], pm.scale[g0:g1], pm.offset[g0:g1]
+        g1 = g0 + p.scale.shape[0]
+        p.scale, p.offset = pm.scale[g0:g1], pm.offset[g0:g1]
+        if pm.dot is not None:
+            p.q, p.dot, p.dot_built = None, Int8DotLayout(pm.dot.mode, pm.dot.lo, pm.dot.q[g0:g1]), True
+        else:
+            p.q = pm.q[g0:g1]
         g0 = g1

@@ -41,3 +41,11 @@ def qwen2_path() -> Path:
 @pytest.fixture(scope="session")
 def gemma3_path() -> Path:
     return _model("gemma3:270m")
+
+
+@pytest.fixture
+def float_kernels(monkeypatch):
+    """The float kernels even where AVX2 is: the int8-dot kernel quantizes activations (~1e-2 of the logits'
+    scale), so tests that hold one-token logits to batched ones at float rounding turn it off while loading."""
+    from localllm.kernels import avx2
+    monkeypatch.setattr(avx2, "ENABLED", False)

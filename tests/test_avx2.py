@@ -60,6 +60,23 @@ def test_int8dot_matches_references(fmt, n_rows, n_cols):
     assert np.abs(out - ref).max() < 1e-2 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("fmt", FMTS, ids=[f.name for f in FMTS])
+def test_dequantize_int8dot_matches_reference(fmt):
+    """The prefill path's weights from the int8-dot layout (the only copy of the codes when it is on), every
+    mode and both scale-group widths: the reference's to float rounding (1 ulp)."""
+    n_rows, n_cols = R * 3 + 5, 512
+    raw = _quantized(fmt, n_rows, n_cols, seed=7)
+    pm = repack(fmt, raw)
+    lay = avx2.build_layout(pm.q, pm.gs, pm.nibbles)
+    w = np.full((n_rows, n_cols), np.nan, np.float32)
+    avx2.dequantize_int8dot(lay.kind, lay.q, pm.scale, pm.offset, w)
+    ref = dequantize_reference(fmt, raw).reshape(n_rows, n_cols)
+    np.testing.assert_allclose(w, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    rows = np.full((R * 2, n_cols), np.nan, np.float32)    # a slice of row groups, as layers.Linear takes
+    avx2.dequantize_int8dot(lay.kind, lay.q[1:3], pm.scale[1:3], pm.offset[1:3], rows)
+    np.testing.assert_array_equal(rows, w[R:3 * R])
+
+
 def test_modes_per_format():
     want = {"Q4_0": avx2.NIBBLES, "Q4_1": avx2.NIBBLES, "Q4_K": avx2.NIBBLES, "Q3_K": avx2.NIBBLES,
             "Q2_K": avx2.NIBBLES, "Q5_0": avx2.NIB5, "Q5_1": avx2.NIB5, "Q5_K": avx2.NIB5,
@@ -96,6 +113,13 @@ def test_kernel_selected_by_env(setting):
     env = dict(os.environ, LOCALLLM_KERNEL=setting)
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert res.stdout.strip() == str(setting == "avx2" and avx2.AVAILABLE)
+
+
+def test_kernel_on_by_default_where_avx2():
+    code = "from localllm.kernels import avx2; print(avx2.ENABLED)"
+    env = {k: v for k, v in os.environ.items() if k != "LOCALLLM_KERNEL"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == str(avx2.AVAILABLE)
 
 
 @needs_avx2

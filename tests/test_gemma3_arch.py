@@ -170,7 +170,20 @@ def test_layer_kinds(tmp_path):
     assert args.attn_scale == pytest.approx(32 ** -0.5)
 
 
-def test_cache_vs_no_cache(tmp_path):
+def test_cache_vs_no_cache_default_kernel(tmp_path):
+    """The default kernel (int8-dot where AVX2 is): one token at a time within the activation quantization
+    of the batched logits, same tokens picked."""
+    path = write_tiny_gemma3(tmp_path / "tiny.gguf")
+    model = load_model(GGUFFile(path), 64)
+    ids = _ids(19)
+    full = model.forward(ids, 0, model.make_cache(64), all_logits=True)
+    cache = model.make_cache(64)
+    step = np.stack([model.forward(ids[j:j + 1], j, cache)[0] for j in range(len(ids))])
+    np.testing.assert_allclose(step, full, atol=3e-2 * np.abs(full).max())
+    assert (step.argmax(-1) == full.argmax(-1)).all()
+
+
+def test_cache_vs_no_cache(tmp_path, float_kernels):
     path = write_tiny_gemma3(tmp_path / "tiny.gguf")
     model = load_model(GGUFFile(path), 64)
     ids = _ids(19)

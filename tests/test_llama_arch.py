@@ -80,7 +80,24 @@ def test_matches_numpy_reference(tmp_path, arch, qtype, tied, biases):
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
 
 
-def test_cache_vs_no_cache(tmp_path):
+def test_cache_vs_no_cache_default_kernel(tmp_path):
+    """With the default kernel (int8-dot where AVX2 is) one-token and small-batch logits stay within the
+    activation quantization of the batched ones, and pick the same tokens."""
+    path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=3)
+    ids = [int(i) for i in np.random.default_rng(0).integers(0, 260, 23)]
+    full = localllm.load(path, n_ctx=64).logits(ids)
+    llm = localllm.load(path, n_ctx=64, n_batch=5)
+    tol = 3e-2 * np.abs(full).max()
+    chunked = llm.logits(ids)
+    llm.cache.reset()
+    llm._ids = []
+    step = np.stack([llm._eval(ids[:1])] + [llm._eval_next(t) for t in ids[1:]])
+    for got in (chunked, step):
+        np.testing.assert_allclose(got, full, atol=tol)
+        assert (got.argmax(-1) == full.argmax(-1)).all()
+
+
+def test_cache_vs_no_cache(tmp_path, float_kernels):
     path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=3)
     ids = [int(i) for i in np.random.default_rng(0).integers(0, 260, 23)]
     full = localllm.load(path, n_ctx=64).logits(ids)  # one batch of 23: the dequantize + BLAS path

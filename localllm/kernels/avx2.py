@@ -21,8 +21,9 @@ group of 32 rows and 32-column block, row octets o = 0..3 (rows 8o..8o+7), vecto
 int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), NIB5 7874 (4), U8_63 16002 (2), S8 32512 (1).
 Scale groups of 16 columns (Q2_K, Q3_K, Q6_K) are two halves of a block, summed separately.
 
-Selection: only where the host CPU has AVX2 (llvmlite's host features) and `LOCALLLM_KERNEL=avx2`; else
-(`float`, the default for now, see ENABLED) the float kernels run. The choice lives in data (the layout
+Selection: wherever the host CPU has AVX2 (llvmlite's host features), unless `LOCALLLM_KERNEL=float`; else
+the float kernels run. A matrix with this layout keeps no other copy of its codes (PackedMatrix.q is None):
+prefill dequantizes from it (`dequantize_int8dot`) and small batches run the matvec once per row. The choice lives in data (the layout
 built, the kind code passed to `packed_matmul`), never in compiled code, so Numba's cache (keyed on the CPU)
 stays right for both; without AVX2 the driver is a stub, so no x86 intrinsic is ever compiled. The cache does not see edits to this
 module from the cached functions that call it (decode.py): clear localllm/kernels/__pycache__ after changing it.
@@ -52,12 +53,11 @@ def _host_has_avx2() -> bool:
 
 
 AVAILABLE = _host_has_avx2()                                        # compiled only when True
-# Opt-in for now (LOCALLLM_KERNEL=avx2): decode gets 2-3x faster matrix products, but the layout is kept
-# beside PackedMatrix.q (prefill reads that one): 0.5-1 byte more per weight resident; and one-token logits
-# move by the activation quantization (~1e-2 of their scale, the size of llama.cpp's own one-token vs batch
-# gap), past the 1e-4 that tests/test_*_arch.py::test_cache_vs_no_cache allows.
+# On by default where AVX2 is (LOCALLLM_KERNEL=float forces the float kernels): decode gets 1.4-1.7x faster
+# matrix products. One-token logits move by the activation quantization (~1e-2 of their scale, the size of
+# llama.cpp's own one-token vs batch gap), so tests that demand float-rounding agreement turn it off.
 # Read when matrices are packed, so tests may set it before loading a model.
-ENABLED = AVAILABLE and os.environ.get("LOCALLLM_KERNEL", "float").lower() in ("avx2", "int8dot", "auto")
+ENABLED = AVAILABLE and os.environ.get("LOCALLLM_KERNEL", "auto").lower() not in ("float",)
 
 NIBBLES, NIB5, U8_63, S8 = range(4)
 KIND_BASE = 2          # packed_matmul kinds: 0 float int8, 1 float nibbles, >= 2 this kernel (mode, lo encoded)
@@ -367,3 +367,42 @@ def matvec_int8dot(kind, q, scale, offset, x, out):
     xqs = np.empty(k_n // 16, np.int32)
     quantize_activation(x, xq, xd, xqs)
     matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out)
+
+
+@njit(cache=True, parallel=True)
+def dequantize_int8dot(kind, q, scale, offset, out):
+    """out (n_rows, K) float32 = the weights of a matrix in the int8-dot layout q (G, ..., 32) of `kind`,
+    scale/offset as in PackedMatrix (the BLAS prefill path; the same arithmetic as dequantize_packed)."""
+    mode, lo = kind_mode_lo(kind)
+    n_grp = q.shape[0]
+    n_rows, k_n = out.shape
+    nblk = k_n // BLOCK
+    qf = q.reshape(n_grp, q.shape[1] * q.shape[2])
+    b_bytes = qf.shape[1] // nblk
+    o_bytes = b_bytes // 4                    # one row octet of a block
+    gs = k_n // scale.shape[1]
+    has_off = offset.shape[1] > 0
+    for g in prange(n_grp):
+        for rr in range(min(ROWS, n_rows - g * ROWS)):
+            o, r = rr >> 3, rr & 7
+            for k in range(k_n):
+                kb = k & 31
+                at = (k >> 5) * b_bytes + o * o_bytes + 4 * r + (kb & 3)
+                if mode == NIBBLES or mode == NIB5:
+                    v, hi = kb >> 3, (kb >> 2) & 1
+                    byte = np.int32(qf[g, at + 32 * v])
+                    u = (byte >> 4) if hi else (byte & 15)
+                    if mode == NIB5:
+                        u |= ((np.int32(qf[g, at + 128]) >> (2 * v + hi)) & 1) << 4
+                        u += lo
+                elif mode == U8_63:
+                    u = np.int32(qf[g, at + 32 * (kb >> 2)]) + lo
+                else:
+                    u = np.int32(qf[g, at + 32 * (kb >> 2)])
+                    if u > 127:
+                        u -= 256
+                grp = k // gs
+                w = scale[g, grp, rr] * np.float32(u)
+                if has_off:
+                    w += offset[g, grp, rr]
+                out[g * ROWS + rr, k] = w

@@ -177,7 +177,7 @@ def pack_buffers(linears):
             qv = qbuf[qa:qa + pm.q.size].reshape(pm.q.shape)
             qv[...] = pm.q.view(np.uint8)
             pm.q = qv.view(pm.q.dtype)
-        else:                               # decode reads the integer-dot layout; pm.q stays for prefill
+        else:                               # the integer-dot layout, the matrix's only copy of its codes
             qv = qbuf[qa:qa + dot.q.size].reshape(dot.q.shape)
             qv[...] = dot.q
             dot.q = qv

@@ -32,22 +32,26 @@ class PackedMatrix:
     n_cols: int
     gs: int                  # columns per scale group
     nibbles: bool            # 4-bit codes, two per byte
-    q: np.ndarray            # uint8 (G, K/2, R) if nibbles else int8 (G, K, R)
+    q: np.ndarray | None     # uint8 (G, K/2, R) if nibbles else int8 (G, K, R); None once `dot` holds the codes
     scale: np.ndarray        # float32 (G, n_groups, R)
     offset: np.ndarray       # float32 (G, n_groups, R), or (G, 0, R) when every offset is 0
-    dot: object = None       # avx2.Int8DotLayout of q for one-row products, built on first use
+    dot: object = None       # avx2.Int8DotLayout of the codes, built on first use; then the only copy
     dot_built: bool = False
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes + self.scale.nbytes + self.offset.nbytes + (self.dot.nbytes if self.dot else 0)
+        codes = self.dot.nbytes if self.dot else self.q.nbytes
+        return codes + self.scale.nbytes + self.offset.nbytes
 
     def int8dot(self):
         """The integer-dot (AVX2) layout of this matrix, or None where that kernel is off or does not apply.
-        Built lazily, so matrices that `layers.fuse` stacks never build their own."""
+        Built lazily, so matrices that `layers.fuse` stacks never build their own. Once built it is the
+        only copy of the codes: q is dropped, and every kernel here reads the layout instead."""
         if not self.dot_built:
             self.dot = avx2.build_layout(self.q, self.gs, self.nibbles) if avx2.ENABLED else None
             self.dot_built = True
+            if self.dot is not None:
+                self.q = None
         return self.dot
 
 
@@ -220,7 +224,11 @@ def dequantize_packed(q, scale, offset, nibbles, out):
 
 
 def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out (T, n_rows) = x (T, n_cols) @ W.T."""
+    """out (T, n_rows) = x (T, n_cols) @ W.T (the int8-dot matvec per row where pm holds that layout)."""
+    if pm.dot is not None:
+        for t in range(x.shape[0]):
+            avx2.matvec_int8dot(pm.dot.kind, pm.dot.q, pm.scale, pm.offset, x[t], out[t])
+        return out
     ng = pm.scale.shape[1]
     xsum = np.empty((x.shape[0], ng if pm.offset.shape[1] else 0), np.float32)
     if xsum.shape[1]:
