@@ -384,25 +384,38 @@ def dequantize_int8dot(kind, q, scale, offset, out):
     has_off = offset.shape[1] > 0
     for g in prange(n_grp):
         for rr in range(min(ROWS, n_rows - g * ROWS)):
-            o, r = rr >> 3, rr & 7
-            for k in range(k_n):
-                kb = k & 31
-                at = (k >> 5) * b_bytes + o * o_bytes + 4 * r + (kb & 3)
+            row = out[g * ROWS + rr]
+            for b in range(nblk):              # the codes, as floats
+                at = b * b_bytes + (rr >> 3) * o_bytes + 4 * (rr & 7)
+                k0 = b * BLOCK
                 if mode == NIBBLES or mode == NIB5:
-                    v, hi = kb >> 3, (kb >> 2) & 1
-                    byte = np.int32(qf[g, at + 32 * v])
-                    u = (byte >> 4) if hi else (byte & 15)
-                    if mode == NIB5:
-                        u |= ((np.int32(qf[g, at + 128]) >> (2 * v + hi)) & 1) << 4
-                        u += lo
-                elif mode == U8_63:
-                    u = np.int32(qf[g, at + 32 * (kb >> 2)]) + lo
+                    for v in range(4):
+                        for j in range(4):
+                            byte = np.int32(qf[g, at + 32 * v + j])
+                            u0, u1 = byte & 15, byte >> 4
+                            if mode == NIB5:
+                                hb = np.int32(qf[g, at + 128 + j]) >> (2 * v)
+                                u0 += ((hb & 1) << 4) + lo
+                                u1 += ((hb & 2) << 3) + lo
+                            row[k0 + 8 * v + j] = np.float32(u0)
+                            row[k0 + 8 * v + 4 + j] = np.float32(u1)
                 else:
-                    u = np.int32(qf[g, at + 32 * (kb >> 2)])
-                    if u > 127:
-                        u -= 256
-                grp = k // gs
-                w = scale[g, grp, rr] * np.float32(u)
+                    for c in range(8):
+                        for j in range(4):
+                            u = np.int32(qf[g, at + 32 * c + j])
+                            if mode == S8:
+                                u = u - 256 if u > 127 else u
+                            else:
+                                u += lo
+                            row[k0 + 4 * c + j] = np.float32(u)
+            for grp in range(scale.shape[1]):
+                sc = scale[g, grp, rr]
                 if has_off:
-                    w += offset[g, grp, rr]
-                out[g * ROWS + rr, k] = w
+                    of = offset[g, grp, rr]
+                    for k in range(grp * gs, (grp + 1) * gs):
+                        w = sc * row[k]
+                        w += of
+                        row[k] = w
+                else:
+                    for k in range(grp * gs, (grp + 1) * gs):
+                        row[k] = sc * row[k]
