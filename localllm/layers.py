@@ -1,11 +1,12 @@
-"""Weights as the model code sees them: quantized matrices that stay views of the mapped file."""
+"""Weights as the model code sees them: quantized matrices, repacked once at load (kernels/repacked.py,
+kernels/avx2.py) or, with LOCALLLM_REPACK=0, used as views of the mapped file."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 from .ggufio import TensorInfo
-import os
-
 from .kernels.quantized import dequantize_rows, gather_rows, matmul_small, matvec
 from .kernels.avx2 import Int8DotLayout, dequantize_int8dot
 from .kernels.repacked import R as PACK_ROWS, dequantize_packed, matmul_packed, repack
