@@ -98,8 +98,8 @@ def test_streamed_reply(llm, monkeypatch):
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press(*"Hi")
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.generating)
-            await wait_for(pilot, lambda: not app.generating)
+            # a short reply can start and finish between two polls: wait for its turn, then for the end
+            await wait_for(pilot, lambda: len(app.conv.turns) == 2 and not app.generating and not app.busy)
             await pilot.pause(0.1)
             user, answer = app.conv.turns
             assert (user.role, user.content) == ("user", "Hi")
@@ -117,7 +117,18 @@ def test_streamed_reply(llm, monkeypatch):
     asyncio.run(go())
 
 
-def test_escape_stops_and_queued_message_follows(llm):
+def test_escape_stops_and_queued_message_follows(llm, monkeypatch):
+    import time as _time
+
+    stream = llm.stream
+
+    def slow_stream(*args, **kwargs):   # ~25 tokens/s, so the reply is still running when we act on it
+        for chunk in stream(*args, **kwargs):
+            _time.sleep(0.04)
+            yield chunk
+
+    monkeypatch.setattr(llm, "stream", slow_stream)
+
     async def go():
         app = make_app(llm=llm, settings=Settings(temperature=0.8, seed=1, max_tokens=150))
         async with app.run_test(size=SIZE) as pilot:
