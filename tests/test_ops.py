@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from localllm.kernels.ops import attention, attention_blas, attention_serial, gelu_tanh_mul, rmsnorm, rope, rope_tables, silu_mul
+from localllm.kernels.ops import (attention, attention_blas, attention_serial, gelu_tanh_mul, gelu_tanh_mul_rows,
+                                  rmsnorm, rope, rope_tables, silu_mul, silu_mul_rows)
 
 
 def _attention_ref(q, kc, vc, pos0, scale, window):
@@ -41,11 +42,13 @@ def test_rmsnorm_and_activations():
     rmsnorm(x, w, 1e-5, out)
     np.testing.assert_allclose(out, x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * w, rtol=1e-5)
     g, u = x, x[::-1].copy()
-    silu_mul(g, u, out)
-    np.testing.assert_allclose(out, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
-    gelu_tanh_mul(g, u, out)
+    for fn in (silu_mul, silu_mul_rows):
+        fn(g, u, out)
+        np.testing.assert_allclose(out, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
     gelu = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
-    np.testing.assert_allclose(out, gelu * u, rtol=1e-5, atol=1e-6)
+    for fn in (gelu_tanh_mul, gelu_tanh_mul_rows):
+        fn(g, u, out)
+        np.testing.assert_allclose(out, gelu * u, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("neox", [False, True])

@@ -22,7 +22,7 @@ import numpy as np
 from ..cache import KVCache
 from ..errors import GGUFError
 from ..kernels.decode import FusedDecoder, decode_token
-from ..kernels.ops import attend, gelu_tanh_mul, rmsnorm, rope, rope_tables
+from ..kernels.ops import attend, gelu_tanh_mul_rows, rmsnorm, rope, rope_tables
 from ..layers import Embedding, Linear, vector
 from .llama import tensor
 
@@ -168,7 +168,7 @@ class Model:
             x += o
             rmsnorm(x, L.ffn_norm, a.norm_eps, h)
             g = L.gate(h)                                        # (T, F)
-            gelu_tanh_mul(g, L.up(h), g)
+            gelu_tanh_mul_rows(g, L.up(h), g)
             f = L.down(g)                                        # (T, D)
             rmsnorm(f, L.post_ffw_norm, a.norm_eps, f)
             x += f

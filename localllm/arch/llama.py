@@ -12,7 +12,7 @@ import numpy as np
 from ..cache import KVCache
 from ..errors import GGUFError
 from ..kernels.decode import FusedDecoder, decode_token
-from ..kernels.ops import attend, rmsnorm, rope, rope_tables, silu_mul
+from ..kernels.ops import attend, rmsnorm, rope, rope_tables, silu_mul_rows
 from ..layers import Embedding, Linear, vector
 
 # llama.cpp's RoPE mode per architecture: GGUF files of these store q/k for the NEOX pairing.
@@ -137,7 +137,7 @@ class Model:
             x += L.wo(att.reshape(t, -1))
             rmsnorm(x, L.ffn_norm, a.norm_eps, h)
             g = L.gate(h)                                        # (T, F)
-            silu_mul(g, L.up(h), g)
+            silu_mul_rows(g, L.up(h), g)
             x += L.down(g)
         cache.n_tokens = pos0 + t
         if not all_logits:
