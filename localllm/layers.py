@@ -47,8 +47,21 @@ class Linear:
             raise GGUFError(f"tensor {weight.name!r}: {self.n_in} columns is not a multiple of the "
                             f"{fmt.name} block size {fmt.block_size}")
         self.bias = None if bias is None else np.asarray(bias.data, np.float32).reshape(-1)  # (n_out,)
-        self.packed = repack(fmt, raw_rows(weight)) if REPACK and fmt.codes else None
-        self.raw = None if self.packed else raw_rows(weight)   # uint8 (n_out, row_bytes)
+        will_pack = REPACK and fmt.codes is not None
+        self._fmt, self._source = fmt, raw_rows(weight) if will_pack else None
+        self._packed = None                                     # repacked on first use (or from the cache)
+        self.raw = None if will_pack else raw_rows(weight)      # uint8 (n_out, row_bytes)
+
+    @property
+    def packed(self):
+        """The repacked matrix (kernels/repacked.py), made on first use; None when it is run as stored."""
+        if self._packed is None and self._source is not None:
+            self._packed, self._source = repack(self._fmt, self._source), None
+        return self._packed
+
+    @packed.setter
+    def packed(self, pm) -> None:
+        self._packed, self._source = pm, None
 
     def _dequantize(self, r0: int, r1: int, out: np.ndarray) -> None:
         """Rows r0..r1 of W as float32 into out (r1 - r0, n_in)."""
@@ -133,14 +146,20 @@ def fuse(linears: list[Linear]) -> Linear | None:
         q, dot = np.concatenate([p.q for p in pms]), None
     scale = np.concatenate([p.scale for p in pms])
     offset = np.concatenate([p.offset for p in pms])
+    return stacked(linears, PackedMatrix(sum(p.n_rows for p in pms), first.n_cols, first.gs, first.nibbles, q,
+                                         scale, offset, dot, dot is not None))
+
+
+def stacked(linears: list[Linear], packed) -> Linear:
+    """The Linear computing `linears` stacked, holding `packed`; the parts are rebound to slices of it."""
     fused = Linear.__new__(Linear)
     fused.name = "+".join(lin.name for lin in linears)
     fused.type_id = linears[0].type_id
-    fused.n_in = first.n_cols
-    fused.n_out = sum(p.n_rows for p in pms)
+    fused.n_in = linears[0].n_in
+    fused.n_out = sum(lin.n_out for lin in linears)
     fused.raw = None
-    fused.packed = PackedMatrix(fused.n_out, first.n_cols, first.gs, first.nibbles, q, scale, offset,
-                                dot, dot is not None)
+    fused._fmt = linears[0]._fmt
+    fused.packed = packed
     biases = [lin.bias if lin.bias is not None else np.zeros(lin.n_out, np.float32) for lin in linears]
     fused.bias = np.concatenate(biases) if any(lin.bias is not None for lin in linears) else None
     fused.parts = linears

@@ -28,6 +28,19 @@ def _model(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_home(tmp_path_factory):
+    """The store and the repacked-weights cache of this test run live in a temporary folder."""
+    home = tmp_path_factory.mktemp("localllm-home")
+    old = os.environ.get("LOCALLLM_HOME")
+    os.environ["LOCALLLM_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("LOCALLLM_HOME", None)
+    else:
+        os.environ["LOCALLLM_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     return _model("smollm2")

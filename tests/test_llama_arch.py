@@ -113,3 +113,24 @@ def test_cache_vs_no_cache(tmp_path, float_kernels):
     # prefix reuse: evaluating a longer prompt recomputes only the new tokens
     last = llm._eval(ids + [5, 6])
     np.testing.assert_allclose(last, llm.logits(ids + [5, 6])[-1], atol=1e-4 * np.abs(full).max())
+
+
+def test_repacked_weights_are_cached_on_disk(tmp_path, monkeypatch):
+    """The second load of a file maps the cached buffers instead of repacking, and computes the same."""
+    import localllm.kernels.repacked as repacked
+
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path / "home"))
+    path = write_tiny_llama(tmp_path / "tiny.gguf", qtype="Q4_1", biases=True, arch="qwen2")
+    ids = list(range(3, 30))
+    first = localllm.load(path, n_ctx=64)
+    want_all, want_step = first.logits(ids), first._eval_next(7)
+    assert list((tmp_path / "home" / "packed").glob("*/q.npy"))
+
+    def no_repack(*a, **k):
+        raise AssertionError("repacked although the cache holds this file")
+
+    monkeypatch.setattr(repacked, "repack", no_repack)
+    monkeypatch.setattr(localllm.layers, "repack", no_repack)
+    again = localllm.load(path, n_ctx=64)
+    np.testing.assert_array_equal(again.logits(ids), want_all)
+    np.testing.assert_array_equal(again._eval_next(7), want_step)

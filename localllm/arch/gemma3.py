@@ -21,7 +21,7 @@ import numpy as np
 
 from ..cache import KVCache
 from ..errors import GGUFError
-from ..kernels.decode import FusedDecoder, decode_token
+from ..kernels.decode import FusedDecoder, decode_token, pack_cache_dir
 from ..kernels.ops import attend, gelu_tanh_mul_rows, rmsnorm, rope, rope_tables
 from ..layers import Embedding, Linear, vector
 from .llama import tensor
@@ -121,7 +121,8 @@ class Model:
         self.rope_global = rope_tables(n_ctx, args.n_rot, args.rope_base, ones, args.rope_scale)
         self.rope_local = rope_tables(n_ctx, args.n_rot, args.rope_base_local, ones, 1.0)
         self._fused = FusedDecoder.build(self.layers, self.output, q_norm="q_norm", k_norm="k_norm",
-                                         post_attn_norm="post_attn_norm", post_ffw_norm="post_ffw_norm")
+                                         post_attn_norm="post_attn_norm", post_ffw_norm="post_ffw_norm",
+                                         cache=pack_cache_dir(gf.path))
         self._windows = np.array([args.sliding_window if args.is_local(i) else 0 for i in range(args.n_layer)],
                                  np.int64)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..cache import KVCache
 from ..errors import GGUFError
-from ..kernels.decode import FusedDecoder, decode_token
+from ..kernels.decode import FusedDecoder, decode_token, pack_cache_dir
 from ..kernels.ops import attend, rmsnorm, rope, rope_tables, silu_mul_rows
 from ..layers import Embedding, Linear, vector
 
@@ -99,7 +99,8 @@ class Model:
         freqs = tensor(gf, "rope_freqs.weight", True)  # Llama 3.1+ per-dimension frequency factors
         factors = vector(freqs).astype(np.float64) if freqs else np.ones(args.n_rot // 2)
         self.cos, self.sin = rope_tables(n_ctx, args.n_rot, args.rope_base, factors, args.rope_scale)  # (n_ctx, n_rot/2)
-        self._fused = FusedDecoder.build(self.layers, self.output)   # whole-token decode in one call
+        # whole-token decode in one call; the repacked weights are cached on disk for the next load
+        self._fused = FusedDecoder.build(self.layers, self.output, cache=pack_cache_dir(gf.path))
         self._windows = np.zeros(args.n_layer, np.int64)
 
     def make_cache(self, n_ctx: int) -> KVCache:

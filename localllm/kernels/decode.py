@@ -10,7 +10,11 @@ them first, but building one compiled its methods in every process: 2.2 s of eac
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -196,22 +200,122 @@ def pack_buffers(linears):
 NONE2 = np.zeros((0, 0), np.float32)
 
 
+BUFFERS = ("mt", "q", "scale", "offset", "bias")
+_KEYED_SOURCES = ("quants/__init__.py", "quants/floats.py", "quants/legacy.py", "quants/kquants.py",
+                  "kernels/repacked.py", "kernels/avx2.py", "kernels/decode.py", "layers.py")
+
+
+def pack_cache_dir(model_path) -> Path | None:
+    """Where the repacked buffers of a model file are kept between runs (None: LOCALLLM_PACK_CACHE=0).
+    Keyed on the file (path, size, mtime), the code that packs, and the kernel choice."""
+    if os.environ.get("LOCALLLM_PACK_CACHE", "1") == "0":
+        return None
+    from ..hub.store import default_home
+    from . import avx2
+    from .repacked import R
+
+    st = os.stat(model_path)
+    h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{avx2.ENABLED}|{R}".encode())
+    pkg = Path(__file__).resolve().parent.parent
+    for rel in _KEYED_SOURCES:
+        h.update((pkg / rel).read_bytes())
+    return default_home() / "packed" / h.hexdigest()[:32]
+
+
+def _save(cache: Path, bufs) -> None:
+    """Write the buffers beside `cache`, then rename: a half-written cache is never used."""
+    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, arr in zip(BUFFERS, bufs):
+            np.save(tmp / f"{name}.npy", arr)
+        os.replace(tmp, cache)
+    except OSError:          # disk full, read-only home, another process won the rename: run without it
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(cache: Path):
+    """The cached buffers, memory-mapped (copy-on-write, so they type like ordinary arrays in Numba)."""
+    try:
+        return tuple(np.asarray(np.load(cache / f"{name}.npy", mmap_mode="c")) for name in BUFFERS)
+    except (OSError, ValueError):
+        return None
+
+
+def _packed_from(bufs, i: int, n_rows: int, n_cols: int):
+    """The PackedMatrix of table row i, as views of the buffers."""
+    from . import avx2
+    from .repacked import PackedMatrix
+
+    mt, qbuf, sbuf, obuf, _ = bufs
+    qa, g, x, r, sa, ng, oa, ong, kind = (int(v) for v in mt[i, :9])
+    q = qbuf[qa:qa + g * x * r].reshape(g, x, r)
+    scale = sbuf[sa:sa + g * ng * r].reshape(g, ng, r)
+    offset = obuf[oa:oa + g * ong * r].reshape(g, ong, r)
+    if kind >= avx2.KIND_BASE:
+        mode, lo = avx2.kind_mode_lo(kind)
+        return PackedMatrix(n_rows, n_cols, n_cols // ng, mode == avx2.NIBBLES, None, scale, offset,
+                            avx2.Int8DotLayout(mode, lo, q), True)
+    return PackedMatrix(n_rows, n_cols, n_cols // ng, kind == 1, q if kind == 1 else q.view(np.int8), scale, offset)
+
+
+def _attach(layers, output, bufs):
+    """Give every Linear its packed matrix from cached buffers (no repacking); the slot list as built."""
+    from ..layers import stacked
+    from .repacked import R, PackedMatrix
+
+    mt = bufs[0]
+
+    def one(i, lin):
+        lin.packed = _packed_from(bufs, i, lin.n_out, lin.n_in)
+        return lin
+
+    def group(i, parts):
+        for p in parts:   # placeholders sized in row groups; `stacked` points them into the fused matrix
+            p.packed = PackedMatrix(p.n_out, p.n_in, 0, False, None, np.empty((-(-p.n_out // R), 0, 0)), None)
+        return stacked(parts, _packed_from(bufs, i, sum(p.n_out for p in parts), parts[0].n_in))
+
+    mats = []
+    for li, L in enumerate(layers):
+        base = li * 7
+        if mt[base + K, GROUPS] == 0:
+            mats += [group(base + Q, [L.wq, L.wk, L.wv]), None, None]
+        else:
+            mats += [one(base + Q, L.wq), one(base + K, L.wk), one(base + V, L.wv)]
+        mats.append(one(base + O, L.wo))
+        if mt[base + UP, GROUPS] == 0:
+            mats += [group(base + GATE, [L.gate, L.up]), None]
+        else:
+            mats += [one(base + GATE, L.gate), one(base + UP, L.up)]
+        mats.append(one(base + DOWN, L.down))
+    one(len(mats), output)
+    return mats
+
+
 class FusedDecoder:
-    """The arrays `decode_token` needs, built once from a model's layers (None: not possible)."""
+    """The arrays `decode_token` needs, built once from a model's layers (None: not possible). With a
+    `cache` directory the repacked buffers are saved there, and memory-mapped instead of rebuilt on the
+    next load of the same file (load time: the repacking; memory: the weights page in from the cache)."""
 
     @classmethod
     def build(cls, layers, output, attn_norm="attn_norm", ffn_norm="ffn_norm", q_norm=None, k_norm=None,
-              post_attn_norm=None, post_ffw_norm=None):
+              post_attn_norm=None, post_ffw_norm=None, cache: Path | None = None):
         from ..layers import fuse
 
-        mats = []
-        for L in layers:   # stacked q|k|v and gate|up where the formats allow (one kernel launch each)
-            qkv, gu = fuse([L.wq, L.wk, L.wv]), fuse([L.gate, L.up])
-            mats += [qkv, None, None] if qkv else [L.wq, L.wk, L.wv]
-            mats += [L.wo] + ([gu, None] if gu else [L.gate, L.up]) + [L.down]
-        bufs = pack_buffers(mats + [output])
-        if bufs is None:
-            return None
+        bufs = _load(cache) if cache is not None and (cache / "mt.npy").exists() else None
+        if bufs is not None and len(bufs[0]) == len(layers) * 7 + 1:
+            mats = _attach(layers, output, bufs)
+        else:
+            mats = []
+            for L in layers:   # stacked q|k|v and gate|up where the formats allow (one kernel launch each)
+                qkv, gu = fuse([L.wq, L.wk, L.wv]), fuse([L.gate, L.up])
+                mats += [qkv, None, None] if qkv else [L.wq, L.wk, L.wv]
+                mats += [L.wo] + ([gu, None] if gu else [L.gate, L.up]) + [L.down]
+            bufs = pack_buffers(mats + [output])
+            if bufs is None:
+                return None
+            if cache is not None:
+                _save(cache, bufs)
         self = cls()
         self.mt, self.qbuf, self.sbuf, self.obuf, self.bbuf = bufs
         self.head = len(mats)
