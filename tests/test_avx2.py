@@ -134,8 +134,8 @@ def test_decode_path_both_kernels(tmp_path, monkeypatch, enabled):
     llm = localllm.load(path, n_ctx=64)
     ids = [int(i) for i in np.random.default_rng(0).integers(0, 200, 12)]
     full = llm.logits(ids)
-    from localllm.kernels.decode import NIBBLES
-    kinds = llm.model._fused.mt[:, NIBBLES]
+    from localllm.kernels.decode import KIND
+    kinds = llm.model._fused.mt[:, KIND]
     assert (kinds >= avx2.KIND_BASE).any() == enabled
     llm.cache.reset()
     llm._ids = []

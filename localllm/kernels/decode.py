@@ -19,35 +19,16 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from .avx2 import KIND_BASE, matvec_int8dot
 from .ops import attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from .quantized import dequantize_row_any
-from .repacked import group_sums, matmul_int8, matmul_nibbles
+from .repacked import packed_matmul
 
 Q, K, V, O, GATE, UP, DOWN = range(7)   # slots; Q holds q|k|v and GATE gate|up when stacked
 PARALLEL_ATTENTION_FROM = 512           # cache length from which decode attention uses the pool
 
 
-@njit(cache=True)
-def packed_matmul(nibbles, q, scale, offset, x, out):
-    """out (T, n_rows) = x (T, K) @ W.T for a repacked W; q is viewed as int8 for the int8 kind.
-    nibbles >= avx2.KIND_BASE: q holds the integer-dot layout of that kind (avx2.py; x quantized to int8)."""
-    if nibbles >= KIND_BASE:
-        for t in range(x.shape[0]):
-            matvec_int8dot(nibbles, q, scale, offset, x[t], out[t])
-        return
-    ng = scale.shape[1]
-    xsum = np.empty((x.shape[0], ng if offset.shape[1] > 0 else 0), np.float32)
-    if offset.shape[1] > 0:
-        group_sums(x, x.shape[1] // ng, xsum)
-    if nibbles:
-        matmul_nibbles(q, scale, offset, x, xsum, out)
-    else:
-        matmul_int8(q.view(np.int8), scale, offset, x, xsum, out)
-
-
 # columns of the matrix table
-Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, NIBBLES, B_AT, B_LEN = range(11)
+Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, KIND, B_AT, B_LEN = range(11)
 
 
 @njit(cache=True)
@@ -57,7 +38,7 @@ def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
     q = qbuf[mt[i, Q_AT]:mt[i, Q_AT] + g * mt[i, COLS] * r].reshape((g, mt[i, COLS], r))
     sc = sbuf[mt[i, S_AT]:mt[i, S_AT] + g * mt[i, N_GROUPS] * r].reshape((g, mt[i, N_GROUPS], r))
     of = obuf[mt[i, O_AT]:mt[i, O_AT] + g * mt[i, O_GROUPS] * r].reshape((g, mt[i, O_GROUPS], r))
-    packed_matmul(mt[i, NIBBLES], q, sc, of, x, out)
+    packed_matmul(mt[i, KIND], q, sc, of, x, out)
     for j in range(mt[i, B_LEN]):
         out[0, j] += bbuf[mt[i, B_AT] + j]
 
@@ -164,27 +145,23 @@ def pack_buffers(linears):
         if lin is None:
             continue
         pm = lin.packed
-        dot = pm.int8dot()                  # the integer-dot layout (avx2.py) where that kernel is on
-        codes = pm.q if dot is None else dot.q
-        g, x, r = codes.shape
+        pm.int8dot()                        # build the integer-dot layout (avx2.py) where that kernel is on
+        g, x, r = pm.codes.shape
         mt[i] = (sizes[0], g, x, r, sizes[1], pm.scale.shape[1], sizes[2], pm.offset.shape[1],
-                 int(pm.nibbles) if dot is None else dot.kind, sizes[3], 0 if lin.bias is None else lin.bias.size)
-        sizes += (codes.size, pm.scale.size, pm.offset.size, mt[i, B_LEN])
+                 pm.kind, sizes[3], 0 if lin.bias is None else lin.bias.size)
+        sizes += (pm.codes.size, pm.scale.size, pm.offset.size, mt[i, B_LEN])
     qbuf, sbuf = np.empty(sizes[0], np.uint8), np.empty(sizes[1], np.float32)
     obuf, bbuf = np.empty(sizes[2], np.float32), np.empty(sizes[3], np.float32)
     for i, lin in enumerate(linears):
         if lin is None:
             continue
         pm, (qa, g, x, r, sa, ng, oa, ong, _, ba, bl) = lin.packed, mt[i]
-        dot = pm.int8dot()
-        if dot is None:
-            qv = qbuf[qa:qa + pm.q.size].reshape(pm.q.shape)
-            qv[...] = pm.q.view(np.uint8)
+        qv = qbuf[qa:qa + pm.codes.size].reshape(pm.codes.shape)
+        qv[...] = pm.codes
+        if pm.dot is None:
             pm.q = qv.view(pm.q.dtype)
         else:                               # the integer-dot layout, the matrix's only copy of its codes
-            qv = qbuf[qa:qa + dot.q.size].reshape(dot.q.shape)
-            qv[...] = dot.q
-            dot.q = qv
+            pm.dot.q = qv
         for name, buf, at in (("scale", sbuf, sa), ("offset", obuf, oa)):
             arr = getattr(pm, name)
             view = buf[at:at + arr.size].reshape(arr.shape)

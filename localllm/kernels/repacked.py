@@ -43,6 +43,17 @@ class PackedMatrix:
         codes = self.dot.nbytes if self.dot else self.q.nbytes
         return codes + self.scale.nbytes + self.offset.nbytes
 
+    @property
+    def kind(self) -> int:
+        """The matrix kind the kernels dispatch on: 0 int8 codes, 1 nibbles, >= avx2.KIND_BASE the
+        integer-dot layout of that kind (only once built, see int8dot)."""
+        return self.dot.kind if self.dot is not None else int(self.nibbles)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The codes the kernels read, as uint8 (the int8 kind is viewed back inside packed_matmul)."""
+        return self.dot.q if self.dot is not None else self.q.view(np.uint8)
+
     def int8dot(self):
         """The integer-dot (AVX2) layout of this matrix, or None where that kernel is off or does not apply.
         Built lazily, so matrices that `layers.fuse` stacks never build their own. Once built it is the
@@ -223,16 +234,25 @@ def dequantize_packed(q, scale, offset, nibbles, out):
                 out[row, k] = w
 
 
-def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out (T, n_rows) = x (T, n_cols) @ W.T (the int8-dot matvec per row where pm holds that layout)."""
-    if pm.dot is not None:
+@njit(cache=True)
+def packed_matmul(kind, q, scale, offset, x, out):
+    """out (T, n_rows) = x (T, K) @ W.T for a repacked W of `kind` (PackedMatrix.kind); q uint8 codes.
+    Integer-dot kinds run avx2.matvec_int8dot per row (x quantized to int8); the float kinds one kernel."""
+    if kind >= avx2.KIND_BASE:
         for t in range(x.shape[0]):
-            avx2.matvec_int8dot(pm.dot.kind, pm.dot.q, pm.scale, pm.offset, x[t], out[t])
-        return out
-    ng = pm.scale.shape[1]
-    xsum = np.empty((x.shape[0], ng if pm.offset.shape[1] else 0), np.float32)
-    if xsum.shape[1]:
-        group_sums(x, pm.gs, xsum)
-    kernel = matmul_nibbles if pm.nibbles else matmul_int8
-    kernel(pm.q, pm.scale, pm.offset, x, xsum, out)
+            avx2.matvec_int8dot(kind, q, scale, offset, x[t], out[t])
+        return
+    ng = scale.shape[1]
+    xsum = np.empty((x.shape[0], ng if offset.shape[1] > 0 else 0), np.float32)
+    if offset.shape[1] > 0:
+        group_sums(x, x.shape[1] // ng, xsum)
+    if kind == 1:
+        matmul_nibbles(q, scale, offset, x, xsum, out)
+    else:
+        matmul_int8(q.view(np.int8), scale, offset, x, xsum, out)
+
+
+def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (T, n_rows) = x (T, n_cols) @ W.T."""
+    packed_matmul(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
     return out
