@@ -8,13 +8,14 @@ import numpy as np
 
 from .ggufio import TensorInfo
 from .kernels.quantized import dequantize_rows, gather_rows, matmul_small, matvec
-from .kernels.avx2 import Int8DotLayout, dequantize_int8dot
+from .kernels.avx2 import dequantize_int8dot
 from .kernels.repacked import R as PACK_ROWS, dequantize_packed, matmul_packed, repack
 from .quants import get_format
 
 REPACK = os.environ.get("LOCALLLM_REPACK", "1") != "0"   # 0: run on the GGUF blocks as stored
 
 SMALL_BATCH = 8            # up to this many rows of activations: kernels straight on quantized rows
+VNNI_PREFILL = True        # larger batches too on the VNNI kernel where a matrix has it (else dequantize + sgemm)
 DEQUANT_CHUNK = 1 << 24    # floats dequantized at a time for the BLAS path (64 MB)
 
 _scratch = np.empty(0, np.float32)
@@ -80,8 +81,9 @@ class Linear:
         t = x.shape[0]
         if out is None:
             out = np.empty((t, self.n_out), np.float32)
-        if t <= SMALL_BATCH and self.packed is not None:
-            matmul_packed(self.packed, x, out)
+        pm = self.packed
+        if pm is not None and (t <= SMALL_BATCH or (VNNI_PREFILL and pm.dot is not None and pm.dot.vnni)):
+            matmul_packed(pm, x, out)     # the VNNI kernel beats dequantize + sgemm at any batch size
         elif t == 1:
             matvec(self.type_id, self.raw, x[0], out[0])
         elif t <= SMALL_BATCH:
@@ -141,7 +143,7 @@ def fuse(linears: list[Linear]) -> Linear | None:
         if any(d is None or d.kind != dots[0].kind for d in dots):
             return None
         q = None
-        dot = Int8DotLayout(dots[0].mode, dots[0].lo, np.concatenate([d.q for d in dots]))
+        dot = dots[0].like(np.concatenate([d.q for d in dots]))
     else:
         q, dot = np.concatenate([p.q for p in pms]), None
     scale = np.concatenate([p.scale for p in pms])
@@ -176,7 +178,7 @@ def rebind_parts(fused: Linear) -> None:
         g1 = g0 + p.scale.shape[0]
         p.scale, p.offset = pm.scale[g0:g1], pm.offset[g0:g1]
         if pm.dot is not None:
-            p.q, p.dot, p.dot_built = None, Int8DotLayout(pm.dot.mode, pm.dot.lo, pm.dot.q[g0:g1]), True
+            p.q, p.dot, p.dot_built = None, pm.dot.like(pm.dot.q[g0:g1]), True
         else:
             p.q = pm.q[g0:g1]
         g0 = g1

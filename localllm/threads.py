@@ -33,10 +33,28 @@ def default_threads() -> int:
 
 
 def set_threads(n: int | None) -> int:
-    """Set Numba's thread count (None: default_threads()); returns the count in force."""
+    """Set Numba's thread count (None: default_threads()); returns the count in force.
+
+    Where the VNNI kernels run prefill, BLAS is left only the attention products, and its pool is
+    limited to one thread: OpenBLAS workers spin for a while after each call, and on the same cores as
+    Numba's pool they halved the speed of every matrix product after them (Qwen2.5 pp512: 165 -> 302 t/s).
+    """
     import numba
+
+    from .kernels import vnni
 
     n = default_threads() if n is None else int(n)
     n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
+    if vnni.ENABLED:
+        limit_blas_threads(1)
     return n
+
+
+def limit_blas_threads(n: int) -> None:
+    """Limit the BLAS libraries loaded in this process to n threads (threadpoolctl), for good."""
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=n, user_api="blas")
+    except Exception:      # no threadpoolctl, or a BLAS it cannot drive: leave BLAS as it is
+        pass

@@ -62,3 +62,19 @@ def float_kernels(monkeypatch):
     scale), so tests that hold one-token logits to batched ones at float rounding turn it off while loading."""
     from localllm.kernels import avx2
     monkeypatch.setattr(avx2, "ENABLED", False)
+
+
+@pytest.fixture(params=["float", "default"])
+def kernel(request, monkeypatch):
+    """Each test with it runs twice: on the float kernels (float activations, so float-rounding agreement)
+    and on the default ones (int8 activations where AVX2 / AVX-512 VNNI is: ~1e-2 of the logits' scale)."""
+    if request.param == "float":
+        from localllm.kernels import avx2
+        monkeypatch.setattr(avx2, "ENABLED", False)
+    return request.param
+
+
+def logit_tol(kernel: str, float_tol: float) -> float:
+    """Relative tolerance of logits for a `kernel` fixture value."""
+    from localllm.kernels import avx2
+    return float_tol if kernel == "float" or not avx2.ENABLED else 3e-2

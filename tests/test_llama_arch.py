@@ -6,6 +6,7 @@ import localllm
 from localllm.ggufio import GGUFFile
 from localllm.layers import raw_rows
 from localllm.quants import dequantize_reference, get_format
+from conftest import logit_tol
 from tinymodel import write_tiny_llama
 
 
@@ -69,15 +70,15 @@ def reference_forward(path, ids, neox=False):
     ("qwen2", "Q5_0", False, True),
     ("llama", "F32", True, False),
 ])
-def test_matches_numpy_reference(tmp_path, arch, qtype, tied, biases):
+def test_matches_numpy_reference(tmp_path, arch, qtype, tied, biases, kernel):
     path = write_tiny_llama(tmp_path / "tiny.gguf", arch=arch, qtype=qtype, tied=tied, biases=biases)
     llm = localllm.load(path, n_ctx=64)
     ids = list(range(3, 40, 2))
     ours = llm.logits(ids)
     ref = reference_forward(path, ids, neox=(arch == "qwen2"))
     assert ours.shape == ref.shape == (len(ids), llm.n_vocab)
-    np.testing.assert_allclose(ours, ref, atol=2e-3 * np.abs(ref).max())
-    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
+    np.testing.assert_allclose(ours, ref, atol=logit_tol(kernel, 2e-3) * np.abs(ref).max())
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
 def test_cache_vs_no_cache_default_kernel(tmp_path):

@@ -66,15 +66,23 @@ ROWS = 32              # rows per row group (repacked.R)
 _CHUNK = {NIBBLES: 8, NIB5: 4, U8_63: 2, S8: 1}   # vpmaddubsw results added in int16 before vpmaddwd
 
 
-def encode_kind(mode: int, lo: int) -> int:
-    """The `packed_matmul` kind of a layout: mode and code shift in one int (the kinds array is int64)."""
-    return KIND_BASE + mode + 4 * (lo + 128)
+VNNI_BIT = 1024        # in a kind: run the layout with the AVX-512 VNNI kernels (vnni.py), not these
+
+
+def encode_kind(mode: int, lo: int, vnni: bool = False) -> int:
+    """The `packed_matmul` kind of a layout: mode, code shift and kernel in one int (the kinds array is int64)."""
+    return KIND_BASE + mode + 4 * (lo + 128) + (VNNI_BIT if vnni else 0)
 
 
 @njit(cache=True)
 def kind_mode_lo(kind):
-    k = kind - KIND_BASE
+    k = (kind - KIND_BASE) & (VNNI_BIT - 1)
     return k & 3, (k >> 2) - 128
+
+
+@njit(cache=True)
+def kind_is_vnni(kind):
+    return kind >= KIND_BASE and ((kind - KIND_BASE) & VNNI_BIT) != 0
 
 
 @dataclass
@@ -82,10 +90,15 @@ class Int8DotLayout:
     mode: int
     lo: int                  # subtracted from int8 codes (U8 modes), 0 otherwise
     q: np.ndarray            # uint8, the shape of PackedMatrix.q: (G, K/2 or K, 32), bytes reordered
+    vnni: bool = False       # multiplied by the AVX-512 VNNI kernels (vnni.py) instead of these
 
     @property
     def kind(self) -> int:
-        return encode_kind(self.mode, self.lo)
+        return encode_kind(self.mode, self.lo, self.vnni)
+
+    def like(self, q: np.ndarray) -> "Int8DotLayout":
+        """The same layout kind over other codes (a slice or a stack of matrices of this kind)."""
+        return Int8DotLayout(self.mode, self.lo, q, self.vnni)
 
     @property
     def nbytes(self) -> int:
@@ -96,9 +109,10 @@ PAR_CHUNKS = 16       # prange items per product (the pool splits them evenly; o
 LAYOUT_CHUNK = 64            # row groups converted at a time (bounds the temporaries)
 
 
-def build_layout(q: np.ndarray, gs: int, nibbles: bool) -> Int8DotLayout | None:
+def build_layout(q: np.ndarray, gs: int, nibbles: bool, vnni: bool = False) -> Int8DotLayout | None:
     """The int8-dot layout of a PackedMatrix's codes q (uint8 (G, K/2, 32) nibbles, or int8 (G, K, 32)),
-    or None where this kernel does not apply (scale groups other than 16/32 columns)."""
+    or None where this kernel does not apply (scale groups other than 16/32 columns). `vnni`: run it with
+    the AVX-512 VNNI kernels (the same bytes)."""
     n_grp, r_n = q.shape[0], q.shape[2]
     n_cols = q.shape[1] * (2 if nibbles else 1)
     if r_n != ROWS or n_cols % BLOCK or gs not in (16, 32):
@@ -145,7 +159,7 @@ def build_layout(q: np.ndarray, gs: int, nibbles: bool) -> Int8DotLayout | None:
             u = (c.view(np.int8).astype(np.int16) - lo).astype(np.uint8) if mode != S8 else c.view(np.uint8)
             u6 = u.reshape(n, nblk, 8, 4, 4, 8)               # g, blk, c, j, o, r
             out[g0:g1] = u6.transpose(0, 1, 4, 2, 5, 3).reshape(n, q.shape[1], r_n)
-    return Int8DotLayout(mode, lo, out)
+    return Int8DotLayout(mode, lo, out, vnni)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ NONE2 = np.zeros((0, 0), np.float32)
 
 BUFFERS = ("mt", "q", "scale", "offset", "bias")
 _KEYED_SOURCES = ("quants/__init__.py", "quants/floats.py", "quants/legacy.py", "quants/kquants.py",
-                  "kernels/repacked.py", "kernels/avx2.py", "kernels/decode.py", "layers.py")
+                  "kernels/repacked.py", "kernels/avx2.py", "kernels/vnni.py", "kernels/decode.py", "layers.py")
 
 
 def pack_cache_dir(model_path) -> Path | None:
@@ -188,11 +188,12 @@ def pack_cache_dir(model_path) -> Path | None:
     if os.environ.get("LOCALLLM_PACK_CACHE", "1") == "0":
         return None
     from ..hub.store import default_home
-    from . import avx2
+    from . import avx2, vnni
     from .repacked import R
 
     st = os.stat(model_path)
-    h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{avx2.ENABLED}|{R}".encode())
+    h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{avx2.ENABLED}|"
+                       f"{vnni.ENABLED}|{R}".encode())
     pkg = Path(__file__).resolve().parent.parent
     for rel in _KEYED_SOURCES:
         h.update((pkg / rel).read_bytes())
@@ -232,7 +233,7 @@ def _packed_from(bufs, i: int, n_rows: int, n_cols: int):
     if kind >= avx2.KIND_BASE:
         mode, lo = avx2.kind_mode_lo(kind)
         return PackedMatrix(n_rows, n_cols, n_cols // ng, mode == avx2.NIBBLES, None, scale, offset,
-                            avx2.Int8DotLayout(mode, lo, q), True)
+                            avx2.Int8DotLayout(mode, lo, q, bool(avx2.kind_is_vnni(kind))), True)
     return PackedMatrix(n_rows, n_cols, n_cols // ng, kind == 1, q if kind == 1 else q.view(np.int8), scale, offset)
 
 

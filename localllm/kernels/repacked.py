@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from . import avx2
+from . import avx2, vnni
 from .simd import LANES, fma_int8x32, fma_nibbles32
 
 R = LANES       # rows interleaved per group: one 32-lane vector step of the simd intrinsics
@@ -55,11 +55,12 @@ class PackedMatrix:
         return self.dot.q if self.dot is not None else self.q.view(np.uint8)
 
     def int8dot(self):
-        """The integer-dot (AVX2) layout of this matrix, or None where that kernel is off or does not apply.
+        """The integer-dot layout of this matrix (AVX2, or AVX-512 VNNI where vnni.ENABLED), or None where
+        that kernel is off or does not apply.
         Built lazily, so matrices that `layers.fuse` stacks never build their own. Once built it is the
         only copy of the codes: q is dropped, and every kernel here reads the layout instead."""
         if not self.dot_built:
-            self.dot = avx2.build_layout(self.q, self.gs, self.nibbles) if avx2.ENABLED else None
+            self.dot = avx2.build_layout(self.q, self.gs, self.nibbles, vnni.ENABLED) if avx2.ENABLED else None
             self.dot_built = True
             if self.dot is not None:
                 self.q = None
@@ -237,7 +238,11 @@ def dequantize_packed(q, scale, offset, nibbles, out):
 @njit(cache=True)
 def packed_matmul(kind, q, scale, offset, x, out):
     """out (T, n_rows) = x (T, K) @ W.T for a repacked W of `kind` (PackedMatrix.kind); q uint8 codes.
-    Integer-dot kinds run avx2.matvec_int8dot per row (x quantized to int8); the float kinds one kernel."""
+    Integer-dot kinds quantize x to int8: the VNNI kernel takes every row at once, the AVX2 one runs per
+    row; the float kinds one kernel."""
+    if avx2.kind_is_vnni(kind):
+        vnni.matmul_vnni(kind, q, scale, offset, x, out)
+        return
     if kind >= avx2.KIND_BASE:
         for t in range(x.shape[0]):
             avx2.matvec_int8dot(kind, q, scale, offset, x[t], out[t])

@@ -1,0 +1,312 @@
+"""Integer-dot matrix kernels for AVX-512 VNNI (vpdpbusd): decode and prefill on the int8-dot layout.
+
+The layout is avx2.py's (Int8DotLayout: 32-row groups, per 32-column block four row octets of 32-byte
+vectors whose byte 4*r + j pairs with activation column quad j). AVX2 multiplies those bytes with
+vpmaddubsw + vpmaddwd and int16 sums; `vpdpbusd` does u8 x s8 products summed by four straight into
+int32, so one instruction replaces two or three and nothing saturates. Weights are the unsigned side:
+nibbles and shifted codes as they are; Q8_0's signed codes are flipped to u8 (w + 128, one xor) and
+128 * sum(x_q) taken off again, the correction the shifted modes already make (lo * sum(x_q)).
+
+One tile kernel serves both paths: TT activation rows against one 32x32 block, the weight vectors
+unpacked once per row octet and used for every row of the tile. Decode runs TT = 1 over the row
+groups in parallel; prefill quantizes the whole chunk's activations to int8 per 32 columns (as
+llama.cpp does for its batched integer dots) and runs TT = 4 tiles, which is ~2x the speed of
+dequantizing to float32 and calling sgemm on these machines (notes/numba-kernels.md).
+
+The vectors are 256-bit (AVX512VL forms): Zen 4 runs 512-bit ones as two halves, and the layout's
+octets are 32 bytes. Chosen where llvmlite reports avx512vnni and avx512vl and LLVM takes the VNNI
+intrinsics' byte-vector operands (LLVM >= 22; older releases declared them on int32 vectors), unless
+LOCALLLM_KERNEL is `avx2` or `float`. The choice is data (the layout's `vnni` flag, in its kind), so
+both kernels stay testable on one machine. Numba's cache does not see edits to this module from the
+cached functions that call it: clear localllm/kernels/__pycache__ after changing it.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from . import avx2
+from .avx2 import BLOCK, NIB5, NIBBLES, ROWS, S8, U8_63, _splat, _vload, _x86, kind_mode_lo, quantize_activation
+
+
+def _host_has_vnni() -> bool:
+    try:
+        import llvmlite.binding as llvm
+        if llvm.llvm_version_info[0] < 22:
+            return False
+        f = llvm.get_host_cpu_features()
+        return bool(f.get("avx512vnni", False) and f.get("avx512vl", False) and f.get("avx512bw", False))
+    except Exception:
+        return False
+
+
+AVAILABLE = avx2.AVAILABLE and _host_has_vnni()          # compiled only when True
+ENABLED = AVAILABLE and avx2.ENABLED and os.environ.get("LOCALLLM_KERNEL", "auto").lower() != "avx2"
+
+TT = 4                 # activation rows per prefill tile (weights unpacked once for all of them)
+T_CHUNK = 256           # activation rows per pass over the matrix (their int8 codes stay in L2)
+PAR_CHUNKS = avx2.PAR_CHUNKS
+
+_I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_V32I8 = ir.VectorType(_I8, 32)
+_V8I32 = ir.VectorType(_I32, 8)
+_V8F = ir.VectorType(ir.FloatType(), 8)
+_FAST = ("fast",)
+
+
+def _make_tile(mode: int, halves: int, tt: int):
+    """The LLVM IR kernel for tt activation rows x one 32-row, 32-column block of a matrix in `mode`.
+
+    tile(q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc):
+    q uint8 (the layout's bytes, block at qat), xq int8 (row t of the tile at xat + t*xstride),
+    scale/offset float32 (this block's first group of row 0 at sat/oat, halves 32 apart, octets 8),
+    dv float32 (tt,) activation scale d per row, cv int32 (2*tt,) code-shift correction per row and
+    half (lo * sum(x_q)), xsv float32 (2*tt,) d * sum(x_q) per row and half (for offsets),
+    acc float32 (tt, 32) += the block's contribution.
+    """
+    per_octet = 4 if mode in (NIBBLES, NIB5) else 8      # code vectors per row octet
+    octet_bytes = 160 if mode == NIB5 else per_octet * 32
+    quads_per_half = 8 // halves
+
+    @intrinsic
+    def tile(typingctx, q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc):
+        sig = types.void(q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc)
+
+        def codegen(context, builder, signature, args):
+            (_, a_qat, _, a_xat, a_xs, _, a_sat, _, a_oat, _, _, _, a_has, _) = args
+            arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i]).data
+            qp, xp, sp, op, dp, cp, xsp, ap = arr(0), arr(2), arr(5), arr(7), arr(9), arr(10), arr(11), arr(13)
+            i64 = lambda v: builder.sext(v, _I64) if v.type != _I64 else v
+            qat64, xat64, xs64, sat64, oat64 = (i64(v) for v in (a_qat, a_xat, a_xs, a_sat, a_oat))
+            c64 = lambda n: ir.Constant(_I64, n)
+            lo4 = ir.Constant(_V32I8, [15] * 32)
+            sh4 = ir.Constant(_V32I8, [4] * 32)
+            flip = ir.Constant(_V32I8, [-128] * 32)
+            bit4 = ir.Constant(_V32I8, [16] * 32)
+            vdp = lambda acc, w, x: _x86(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I32, acc, w, x)
+
+            def scalar(ptr, at):
+                return builder.load(builder.gep(ptr, [c64(at)]), align=4)
+
+            def opaque(ptr):
+                # An empty asm that "changes" the pointer: LLVM can no longer see that the octets read the
+                # same activation bytes, so it does not share the 8*tt broadcasts between them (spilling
+                # them to the stack) but folds each into its vpdpbusd as a {1to8} memory operand.
+                return builder.asm(ir.FunctionType(ptr.type, [ptr.type]), "", "=r,0", [ptr], False)
+
+            def xquad(xb, t, quad):               # 4 activation bytes broadcast to every 32-bit lane
+                at = builder.add(builder.add(xat64, builder.mul(xs64, c64(t))), c64(4 * quad))
+                p = builder.bitcast(builder.gep(xb, [at]), _I32.as_pointer())
+                return builder.bitcast(_splat(builder, builder.load(p, align=1), _V8I32), _V32I8)
+
+            def codes(o):                         # the octet's 8 u8 code vectors, vector i pairs with quad i
+                base = builder.add(qat64, c64(o * octet_bytes))
+                if mode in (NIBBLES, NIB5):
+                    ws = [_vload(builder, qp, builder.add(base, c64(32 * v)), _V32I8, 1) for v in range(4)]
+                    out = []
+                    if mode == NIB5:
+                        hv = builder.bitcast(_vload(builder, qp, builder.add(base, c64(128)), _V32I8, 1),
+                                             ir.VectorType(ir.IntType(16), 16))
+                    for v, w in enumerate(ws):
+                        pair = [builder.and_(w, lo4), builder.and_(builder.lshr(w, sh4), lo4)]
+                        if mode == NIB5:  # bit 4 of the codes of vector i = 2v + lo/hi is bit i of hv's bytes
+                            for h in range(2):
+                                i = 2 * v + h
+                                if i < 4:
+                                    s = builder.shl(hv, ir.Constant(hv.type, [4 - i] * 16))
+                                elif i > 4:
+                                    s = builder.lshr(hv, ir.Constant(hv.type, [i - 4] * 16))
+                                else:
+                                    s = hv
+                                pair[h] = builder.or_(pair[h], builder.and_(builder.bitcast(s, _V32I8), bit4))
+                        out += pair
+                    return out
+                ws = [_vload(builder, qp, builder.add(base, c64(32 * c)), _V32I8, 1) for c in range(8)]
+                return [builder.xor(w, flip) for w in ws] if mode == S8 else ws
+
+            def body(with_offsets):
+                for o in range(4):
+                    w = codes(o)
+                    xb = opaque(xp) if tt > 1 else xp
+                    sv = [_vload(builder, sp, builder.add(sat64, c64(32 * h + 8 * o)), _V8F, 4) for h in range(halves)]
+                    ov = [_vload(builder, op, builder.add(oat64, c64(32 * h + 8 * o)), _V8F, 4)
+                          for h in range(halves)] if with_offsets else []
+                    for t in range(tt):
+                        accp = builder.bitcast(builder.gep(ap, [c64(32 * t + 8 * o)]), _V8F.as_pointer())
+                        a = builder.load(accp, align=4)
+                        d = _splat(builder, scalar(dp, t), _V8F)
+                        for h in range(halves):
+                            quads = range(h * quads_per_half, (h + 1) * quads_per_half)
+                            start = _splat(builder, scalar(cp, 2 * t + h), _V8I32)
+                            # two dependency chains per half keep the dot unit busy
+                            chains = [start, ir.Constant(_V8I32, [0] * 8)]
+                            for n, i in enumerate(quads):
+                                chains[n & 1] = vdp(chains[n & 1], w[i], xquad(xb, t, i))
+                            isum = builder.add(chains[0], chains[1])
+                            f = builder.sitofp(isum, _V8F)
+                            a = builder.fadd(a, builder.fmul(f, builder.fmul(sv[h], d, flags=_FAST), flags=_FAST),
+                                             flags=_FAST)
+                            if with_offsets:
+                                xs = _splat(builder, scalar(xsp, 2 * t + h), _V8F)
+                                a = builder.fadd(a, builder.fmul(ov[h], xs, flags=_FAST), flags=_FAST)
+                        builder.store(a, accp, align=4)
+
+            with builder.if_else(builder.icmp_unsigned("!=", a_has, ir.Constant(a_has.type, 0))) as (yes, no):
+                with yes:
+                    body(True)
+                with no:
+                    body(False)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+@njit(cache=True, inline="always")
+def _corrections(mode, lo):
+    """The code shift the kernel undoes with sum(x_q): lo for shifted modes, -128 for flipped Q8_0 codes."""
+    return -128 if mode == S8 else (lo if mode == NIB5 or mode == U8_63 else 0)
+
+
+if AVAILABLE:
+    _tiles = {(m, h, t): _make_tile(m, h, t) for m in (NIBBLES, NIB5, U8_63, S8) for h in (1, 2) for t in (1, TT)}
+    _n1_1, _n1_2, _n1_T, _n2_T = _tiles[NIBBLES, 1, 1], _tiles[NIBBLES, 2, 1], _tiles[NIBBLES, 1, TT], _tiles[NIBBLES, 2, TT]
+    _51_1, _51_2, _51_T, _52_T = _tiles[NIB5, 1, 1], _tiles[NIB5, 2, 1], _tiles[NIB5, 1, TT], _tiles[NIB5, 2, TT]
+    _u1_1, _u1_2, _u1_T, _u2_T = _tiles[U8_63, 1, 1], _tiles[U8_63, 2, 1], _tiles[U8_63, 1, TT], _tiles[U8_63, 2, TT]
+    _s1_1, _s1_2, _s1_T, _s2_T = _tiles[S8, 1, 1], _tiles[S8, 2, 1], _tiles[S8, 1, TT], _tiles[S8, 2, TT]
+
+    @njit(cache=True, inline="always")
+    def _tile(mode, halves, tt, q, qat, xq, xat, xs, scale, sat, offset, dv, cv, xsv, has_off, acc):
+        """One block for tt (1 or TT) rows: the kernel of this mode and scale-group width."""
+        if tt == 1:
+            if halves == 1:
+                if mode == NIBBLES:
+                    _n1_1(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+                elif mode == NIB5:
+                    _51_1(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+                elif mode == U8_63:
+                    _u1_1(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+                else:
+                    _s1_1(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+            else:
+                if mode == NIBBLES:
+                    _n1_2(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+                elif mode == NIB5:
+                    _51_2(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+                elif mode == U8_63:
+                    _u1_2(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+                else:
+                    _s1_2(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+        elif halves == 1:
+            if mode == NIBBLES:
+                _n1_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+            elif mode == NIB5:
+                _51_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+            elif mode == U8_63:
+                _u1_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+            else:
+                _s1_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+        else:
+            if mode == NIBBLES:
+                _n2_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+            elif mode == NIB5:
+                _52_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+            elif mode == U8_63:
+                _u2_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+            else:
+                _s2_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+
+    @njit(cache=True, inline="always")
+    def _group(mode, halves, tt, corr, g, t0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc):
+        """acc (tt, 32) = rows t0..t0+tt of the activation against row group g, over every block."""
+        nblk = xd.shape[1]
+        k_n = xq.shape[1]
+        g_bytes = q.shape[1] * q.shape[2]
+        b_bytes = g_bytes // nblk
+        ng = scale.shape[1]
+        acc[:] = 0.0
+        for b in range(nblk):
+            for t in range(tt):
+                d = xd[t0 + t, b]
+                s0, s1 = xqs[t0 + t, 2 * b], xqs[t0 + t, 2 * b + 1]
+                dv[t] = d
+                if halves == 1:
+                    cv[2 * t], cv[2 * t + 1] = corr * (s0 + s1), 0
+                    xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0 + s1), np.float32(0.0)
+                else:
+                    cv[2 * t], cv[2 * t + 1] = corr * s0, corr * s1
+                    xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0), d * np.float32(s1)
+            sat = (g * ng + b * halves) * ROWS
+            _tile(mode, halves, tt, q, g * g_bytes + b * b_bytes, xq, t0 * k_n + b * BLOCK, k_n, scale, sat,
+                  offset, dv, cv, xsv, has_off, acc)
+
+    @njit(cache=True, parallel=True, fastmath=True)
+    def matmul_vnni_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
+        """out (T, n_rows) = x_hat @ W.T for W in the int8-dot layout q (G, ..., 32), scale/offset as in
+        PackedMatrix (offset (G, 0, 32) when none), x_hat given by quantize_rows' outputs (T rows)."""
+        n_grp = q.shape[0]
+        halves = scale.shape[1] // xd.shape[1]
+        has_off = offset.shape[1] > 0
+        corr = _corrections(mode, lo)
+        t_n, n_rows = out.shape
+        if t_n == 1:                       # decode: one row, the row groups split into PAR_CHUNKS runs
+            n_chunks = min(n_grp, PAR_CHUNKS)
+            for c in prange(n_chunks):
+                acc = np.empty((1, ROWS), np.float32)
+                dv, cv, xsv = np.empty(1, np.float32), np.empty(2, np.int32), np.empty(2, np.float32)
+                for g in range(c * n_grp // n_chunks, (c + 1) * n_grp // n_chunks):
+                    _group(mode, halves, 1, corr, g, 0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
+                    r0 = g * ROWS
+                    for r in range(min(ROWS, n_rows - r0)):
+                        out[0, r0 + r] = acc[0, r]
+            return
+        for c0 in range(0, t_n, T_CHUNK):  # a chunk of rows at a time, row groups in parallel
+            c1 = min(t_n, c0 + T_CHUNK)
+            for g in prange(n_grp):
+                acc = np.empty((TT, ROWS), np.float32)
+                dv, cv, xsv = np.empty(TT, np.float32), np.empty(2 * TT, np.int32), np.empty(2 * TT, np.float32)
+                r0 = g * ROWS
+                nr = min(ROWS, n_rows - r0)
+                t0 = c0
+                while t0 + TT <= c1:
+                    _group(mode, halves, TT, corr, g, t0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
+                    for t in range(TT):
+                        for r in range(nr):
+                            out[t0 + t, r0 + r] = acc[t, r]
+                    t0 += TT
+                for t1 in range(t0, c1):    # the rows left over, one at a time
+                    _group(mode, halves, 1, corr, g, t1, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
+                    for r in range(nr):
+                        out[t1, r0 + r] = acc[0, r]
+else:
+    @njit(cache=True)
+    def matmul_vnni_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
+        raise RuntimeError("the VNNI kernel needs AVX-512 VNNI")
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows(x, xq, xd, xqs):
+    """x float32 (T, K) -> int8 codes xq (T, K), scales xd (T, K/32), sums xqs (T, K/16) per row
+    (avx2.quantize_activation's per-32-column int8 quantization, row by row)."""
+    if x.shape[0] == 1:
+        quantize_activation(x[0], xq[0], xd[0], xqs[0])
+        return
+    for t in prange(x.shape[0]):
+        quantize_activation(x[t], xq[t], xd[t], xqs[t])
+
+
+@njit(cache=True)
+def matmul_vnni(kind, q, scale, offset, x, out):
+    """out (T, n_rows) = x_hat @ W.T, x float32 (T, K) quantized here to int8 per 32 columns."""
+    mode, lo = kind_mode_lo(kind)
+    t_n, k_n = x.shape
+    xq = np.empty((t_n, k_n), np.int8)
+    xd = np.empty((t_n, k_n // BLOCK), np.float32)
+    xqs = np.empty((t_n, k_n // 16), np.int32)
+    quantize_rows(x, xq, xd, xqs)
+    matmul_vnni_q(mode, lo, q, scale, offset, xq, xd, xqs, out)

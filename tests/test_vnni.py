@@ -1,0 +1,135 @@
+"""The AVX-512 VNNI kernels (decode and prefill) against references, for every format with integer codes.
+
+The same two references as the AVX2 kernel's (test_avx2.py): the NumPy algorithm (dequantized weights @
+the int8-quantized activation), matched to float rounding, and the float64 product of the GGUF weights,
+matched to the activation quantization. Batch sizes cover one row (decode), whole tiles, a tile's
+leftover rows and more than one pass over the matrix.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from localllm.kernels import avx2, vnni
+from localllm.kernels.quantized import matmul_reference
+from localllm.kernels.repacked import R, packed_matmul, repack
+from localllm.quants import FORMATS, _load_all, dequantize_reference
+from test_avx2 import quantize_activation_reference
+from test_quants import _quantized
+
+_load_all()
+FMTS = sorted((f for f in FORMATS.values() if f.codes), key=lambda f: f.type_id)
+needs_vnni = pytest.mark.skipif(not vnni.AVAILABLE, reason="the CPU has no AVX-512 VNNI (or LLVM < 22)")
+
+
+def _layout(fmt, raw, use_vnni=True):
+    pm = repack(fmt, raw)
+    lay = avx2.build_layout(pm.q, pm.gs, pm.nibbles, use_vnni)
+    assert lay is not None and lay.vnni == use_vnni
+    return pm, lay
+
+
+@needs_vnni
+@pytest.mark.parametrize("fmt", FMTS, ids=[f.name for f in FMTS])
+@pytest.mark.parametrize("n_rows,n_cols", [(R * 3 + 5, 512), (R, 256)])
+def test_vnni_matches_references(fmt, n_rows, n_cols):
+    raw = _quantized(fmt, n_rows, n_cols, seed=n_rows + n_cols)
+    pm, lay = _layout(fmt, raw)
+    w = dequantize_reference(fmt, raw).astype(np.float64).reshape(n_rows, n_cols)
+    for t_n in (1, 3, vnni.TT * 2 + 1, vnni.T_CHUNK + vnni.TT + 2):
+        x = np.random.default_rng(t_n).standard_normal((t_n, n_cols)).astype(np.float32)
+        x[:, :32] *= 20                   # blocks of very different magnitudes
+        x[:, 32:64] = 0                   # an all-zero block (d = 0)
+        out = np.full((t_n, n_rows), np.nan, np.float32)
+        packed_matmul(lay.kind, lay.q, pm.scale, pm.offset, x, out)
+        same = np.stack([w @ quantize_activation_reference(row) for row in x])
+        np.testing.assert_allclose(out, same, rtol=0, atol=2e-6 * np.abs(same).max(), err_msg=f"T={t_n}")
+        ref = matmul_reference(fmt.type_id, raw, x)
+        assert np.abs(out - ref).max() < 3e-2 * np.abs(ref).max()
+        row = np.empty(n_rows, np.float32)     # the AVX2 kernel on the same bytes: the same arithmetic
+        avx2.matvec_int8dot(avx2.encode_kind(lay.mode, lay.lo), lay.q, pm.scale, pm.offset, x[-1], row)
+        np.testing.assert_allclose(out[-1], row, rtol=0, atol=1e-6 * np.abs(row).max())
+
+
+@needs_vnni
+def test_extreme_codes_do_not_overflow():
+    """Codes at both ends of their range (Q8_0's -128..127 flipped to u8) times |x_q| = 127 everywhere."""
+    for mode, lo, hi in [(avx2.S8, -128, 127), (avx2.U8_63, -32, 31), (avx2.NIB5, -16, 15)]:
+        q = np.empty((1, 64, R), np.int8)
+        q[:, 0::2], q[:, 1::2] = lo, hi
+        q[:, :, 1::2] = lo
+        scale = np.ones((1, 2, R), np.float32)
+        offset = np.zeros((1, 0, R), np.float32)
+        lay = avx2.build_layout(q.view(np.uint8), 32, False, True)
+        assert lay.mode == mode
+        w = q[0].T.astype(np.float64)      # (R, 64)
+        x = np.stack([np.full(64, 1.0, np.float32), np.full(64, -1.0, np.float32),
+                      np.where(np.arange(64) % 2, -1.0, 1.0).astype(np.float32)] * 2)   # (6, 64)
+        out = np.empty((len(x), R), np.float32)
+        vnni.matmul_vnni(lay.kind, lay.q, scale, offset, x, out)
+        want = np.stack([w @ quantize_activation_reference(r) for r in x])
+        np.testing.assert_allclose(out, want, rtol=1e-6)
+
+
+def test_kind_carries_the_kernel():
+    for mode, lo in [(avx2.NIBBLES, 0), (avx2.NIB5, -16), (avx2.U8_63, -32), (avx2.S8, 0)]:
+        for flag in (False, True):
+            kind = avx2.encode_kind(mode, lo, flag)
+            assert avx2.kind_mode_lo(kind) == (mode, lo)
+            assert avx2.kind_is_vnni(kind) == flag
+    assert not avx2.kind_is_vnni(0) and not avx2.kind_is_vnni(1)
+
+
+@pytest.mark.parametrize("setting,want", [("auto", True), ("avx2", False), ("float", False)])
+def test_kernel_selected_by_env(setting, want):
+    code = "from localllm.kernels import vnni; print(vnni.ENABLED)"
+    env = dict(os.environ, LOCALLLM_KERNEL=setting)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == str(want and vnni.AVAILABLE)
+
+
+@needs_vnni
+def test_tiny_model_prefill_and_decode_on_vnni(tmp_path, monkeypatch):
+    """A tiny model on the VNNI kernels: every matrix has their kind, batched prefill (the tile kernel),
+    small batches and one-token decode agree with the float kernels' logits within the activation
+    quantization, and pick the same tokens."""
+    import localllm
+    from localllm.kernels.decode import GROUPS, KIND
+    from tinymodel import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=2, qtype="Q4_1")
+    ids = [int(i) for i in np.random.default_rng(1).integers(0, 200, 40)]
+    monkeypatch.setattr(avx2, "ENABLED", False)
+    want = localllm.load(path, n_ctx=64).logits(ids)
+    monkeypatch.setattr(avx2, "ENABLED", True)
+    monkeypatch.setattr(vnni, "ENABLED", True)
+    llm = localllm.load(path, n_ctx=64, n_batch=16)
+    mt = llm.model._fused.mt
+    kinds = mt[mt[:, GROUPS] > 0, KIND]         # the filled slots of the decode table
+    assert len(kinds) and all(avx2.kind_is_vnni(int(k)) for k in kinds)
+    tol = 3e-2 * np.abs(want).max()
+    batched = llm.logits(ids)                 # chunks of 16: the tile kernel, TT rows at a time
+    llm.cache.reset()
+    llm._ids = []
+    step = np.stack([llm._eval(ids[:1])] + [llm._eval_next(t) for t in ids[1:]])
+    for got in (batched, step):
+        np.testing.assert_allclose(got, want, atol=tol)
+        assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
+
+
+@needs_vnni
+def test_blas_limited_to_one_thread_beside_the_vnni_pool(tmp_path):
+    """With the VNNI kernels doing the matrix products, loading a model leaves BLAS one thread (its
+    spinning workers otherwise halve the speed of Numba's pool on the same cores)."""
+    from tinymodel import write_tiny_llama
+    path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=1)
+    code = ("import localllm, threadpoolctl\n"
+            f"localllm.load({str(path)!r}, n_ctx=32)\n"
+            "print([i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
+            "       if i['user_api'] == 'blas' and 'numpy' in i['filepath']])\n")   # the BLAS np.matmul calls
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCALLLM_KERNEL", "OPENBLAS_NUM_THREADS")}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[1]"
