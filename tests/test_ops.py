@@ -20,10 +20,11 @@ def _attention_ref(q, kc, vc, pos0, scale, window):
     return out
 
 
-@pytest.mark.parametrize("pos0,t_n,window", [(0, 1, 0), (5, 1, 0), (0, 20, 0), (7, 33, 0), (7, 33, 8), (0, 40, 16)])
+@pytest.mark.parametrize("pos0,t_n,window", [(0, 1, 0), (5, 1, 0), (0, 20, 0), (7, 33, 0), (7, 33, 8), (0, 40, 16),
+                                             (5, 200, 0), (3, 260, 50)])   # the last two: row chunks in threads
 def test_attention_kernels(pos0, t_n, window):
     rng = np.random.default_rng(pos0 + t_n)
-    hq, hkv, hd, n_ctx = 6, 2, 16, 64
+    hq, hkv, hd, n_ctx = 6, 2, 16, 320
     q = rng.standard_normal((t_n, hq, hd)).astype(np.float32)
     kc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
     vc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)

@@ -163,43 +163,86 @@ def gelu_tanh_mul_rows(gate, up, out):
 BLAS_ATTENTION_MIN_T = 16   # from this many new tokens on, attention runs as per-KV-head BLAS matmuls
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _softmax_causal_row(s, i, t_n, pos0, start, window, scale):
+    p = pos0 + i % t_n
+    n = s.shape[1]
+    lo = 0 if window <= 0 else max(0, p - window + 1 - start)
+    hi = p - start + 1                      # keys [lo, hi) are visible
+    best = -np.inf
+    for j in range(lo, hi):
+        s[i, j] *= scale
+        best = max(best, s[i, j])
+    total = np.float32(0.0)
+    for j in range(lo, hi):
+        e = np.float32(math.exp(s[i, j] - best))
+        s[i, j] = e
+        total += e
+    inv = np.float32(1.0) / total
+    for j in range(n):
+        s[i, j] = s[i, j] * inv if lo <= j < hi else np.float32(0.0)
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def softmax_causal(s, t_n, pos0, start, window, scale):
     """In place: s (rows, n) scores of query rows (row % t_n = token t at position pos0 + t) over key
     positions start..start+n-1 -> scale, mask (causal, and the sliding window when > 0), softmax."""
-    rows, n = s.shape
-    for i in prange(rows):
-        p = pos0 + i % t_n
-        lo = 0 if window <= 0 else max(0, p - window + 1 - start)
-        hi = p - start + 1                      # keys [lo, hi) are visible
-        best = -np.inf
-        for j in range(lo, hi):
-            s[i, j] *= scale
-            best = max(best, s[i, j])
-        total = np.float32(0.0)
-        for j in range(lo, hi):
-            e = np.float32(math.exp(s[i, j] - best))
-            s[i, j] = e
-            total += e
-        inv = np.float32(1.0) / total
-        for j in range(n):
-            s[i, j] = s[i, j] * inv if lo <= j < hi else np.float32(0.0)
+    for i in prange(s.shape[0]):
+        _softmax_causal_row(s, i, t_n, pos0, start, window, scale)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def softmax_causal_serial(s, t_n, pos0, start, window, scale):
+    """`softmax_causal` in the calling thread, without the GIL (attention_blas runs it in a thread pool)."""
+    for i in range(s.shape[0]):
+        _softmax_causal_row(s, i, t_n, pos0, start, window, scale)
+
+
+_attention_pool = None
+
+
+def _pool():
+    """Python threads for attention_blas: BLAS runs single-threaded beside Numba's pool (threads.py), so
+    the heads and row chunks of a prefill's attention are spread over threads of our own instead."""
+    global _attention_pool
+    import numba
+    n = numba.get_num_threads()
+    if _attention_pool is None or _attention_pool._max_workers != n:
+        from concurrent.futures import ThreadPoolExecutor
+        _attention_pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="localllm-attn")
+    return _attention_pool
+
+
+ATTENTION_ROW_CHUNKS = 4    # query-row chunks per KV head (later chunks see more keys; 4 balances 2 threads)
 
 
 def attention_blas(q, k_cache, v_cache, pos0, scale, window, out):
-    """The same as `attention`, for a prefill batch: one (group*T, hd) @ (hd, n) matmul per KV head,
-    a masked softmax, then @ V. q (T, Hq, hd); out (T, Hq, hd_v)."""
+    """The same as `attention`, for a prefill batch: per KV head and chunk of query rows, one
+    (group*rows, hd) @ (hd, keys) matmul over the keys those rows can see, a masked softmax, then @ V;
+    the (head, chunk) pieces run in a small thread pool. q (T, Hq, hd); out (T, Hq, hd_v)."""
     t_n, hq_n, hd = q.shape
     hkv = k_cache.shape[0]
     group = hq_n // hkv
-    n = pos0 + t_n
-    start = 0 if window <= 0 else max(0, pos0 - window + 1)   # earliest key any query here can see
-    for h in range(hkv):
-        qh = q[:, h * group:(h + 1) * group].transpose(1, 0, 2).reshape(group * t_n, hd)   # (group*T, hd)
-        s = qh @ k_cache[h, start:n].T                                                     # (group*T, n')
-        softmax_causal(s, t_n, pos0, start, window, np.float32(scale))
-        o = s @ v_cache[h, start:n]                                                        # (group*T, hd_v)
-        out[:, h * group:(h + 1) * group] = o.reshape(group, t_n, -1).transpose(1, 0, 2)
+    n_chunks = max(1, min(ATTENTION_ROW_CHUNKS, t_n // 64))
+    bounds = [t_n * c // n_chunks for c in range(n_chunks + 1)]
+    sc = np.float32(scale)
+
+    def piece(h, t0, t1):
+        p0 = pos0 + t0
+        end = pos0 + t1                                          # keys before this are visible to some row
+        start = 0 if window <= 0 else max(0, p0 - window + 1)    # earliest key any of these rows sees
+        qh = q[t0:t1, h * group:(h + 1) * group].transpose(1, 0, 2).reshape(group * (t1 - t0), hd)
+        s = qh @ k_cache[h, start:end].T                                                   # (group*rows, keys)
+        softmax_causal_serial(s, t1 - t0, p0, start, window, sc)
+        o = s @ v_cache[h, start:end]                                                      # (group*rows, hd_v)
+        out[t0:t1, h * group:(h + 1) * group] = o.reshape(group, t1 - t0, -1).transpose(1, 0, 2)
+
+    jobs = [(h, bounds[c], bounds[c + 1]) for h in range(hkv) for c in range(n_chunks)]
+    if len(jobs) == 1:
+        piece(*jobs[0])
+        return
+    for f in [_pool().submit(piece, *j) for j in jobs]:
+        f.result()
 
 
 def attend(q, k_cache, v_cache, pos0, scale, window, out):
