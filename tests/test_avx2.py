@@ -123,13 +123,18 @@ def test_kernel_on_by_default_where_avx2():
 
 
 @needs_avx2
-@pytest.mark.parametrize("enabled", [False, True])
-def test_decode_path_both_kernels(tmp_path, monkeypatch, enabled):
-    """A tiny model decoded one token at a time with either kernel matches its batched logits (the int8
+@pytest.mark.parametrize("kernel", ["float", "avx2", "vnni"])
+def test_decode_path_each_kernel(tmp_path, monkeypatch, kernel):
+    """A tiny model decoded one token at a time with each kernel matches its batched logits (the int8
     activation moves them by ~1e-2 of their scale, the float kernels by float rounding only)."""
     import localllm
+    from localllm.kernels import vnni
     from tinymodel import write_tiny_llama
+    if kernel == "vnni" and not vnni.AVAILABLE:
+        pytest.skip("the CPU has no AVX-512 VNNI")
+    enabled = kernel != "float"
     monkeypatch.setattr(avx2, "ENABLED", enabled)
+    monkeypatch.setattr(vnni, "ENABLED", kernel == "vnni")
     path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=2, qtype="Q4_0")
     llm = localllm.load(path, n_ctx=64)
     ids = [int(i) for i in np.random.default_rng(0).integers(0, 200, 12)]
@@ -137,6 +142,7 @@ def test_decode_path_both_kernels(tmp_path, monkeypatch, enabled):
     from localllm.kernels.decode import KIND
     kinds = llm.model._fused.mt[:, KIND]
     assert (kinds >= avx2.KIND_BASE).any() == enabled
+    assert any(avx2.kind_is_vnni(int(k)) for k in kinds) == (kernel == "vnni")
     llm.cache.reset()
     llm._ids = []
     step = [llm._eval(ids[:1])] + [llm._eval_next(t) for t in ids[1:]]
