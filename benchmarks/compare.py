@@ -210,7 +210,8 @@ def format_report(report: dict) -> str:
         lines.append(markdown_table(header, rows, right=set(header[1:])))
         lines += ["",
                   f"decode limit: {bw:g} GB/s / {m['bytes_per_token'] / 1e6:.1f} MB read per token = "
-                  f"{m['decode_limit_tps']:.0f} t/s",
+                  f"{m['decode_limit_tps']:.0f} t/s (the GGUF's bytes; localllm's repacked weights: "
+                  f"{ours.get('decode_weight_bytes', 0) / 1e6:.1f} MB)",
                   f"load: localllm {_secs(ours, 'load_s')}, llama.cpp {_secs(ref, 'load_s')}; "
                   f"cold start: localllm {_secs(ours, 'cold_start_s')}, llama.cpp {_secs(ref, 'cold_start_s')}; "
                   f"peak RSS: localllm {ours['peak_rss_mb']:.0f} MiB, "

@@ -59,6 +59,13 @@ def time_gen(llm, n: int, rng: np.random.Generator) -> float:
     return time.perf_counter() - t0
 
 
+def decode_weight_bytes(llm) -> int:
+    """Bytes of repacked weights one decode step reads (every matrix of the decode table), 0 when the
+    model decodes without it."""
+    f = getattr(llm.model, "_fused", None)
+    return 0 if f is None else int(f.qbuf.nbytes + f.sbuf.nbytes + f.obuf.nbytes)
+
+
 def _mean_sd(rates: list[float]) -> tuple[float, float]:
     return statistics.fmean(rates), (statistics.stdev(rates) if len(rates) > 1 else 0.0)
 
@@ -121,6 +128,7 @@ def run_bench(model_path: str | os.PathLike, n_threads: int | None = None, reps:
         "n_batch": llm.n_batch,
         "reps": reps,
         "load_s": llm.load_s,
+        "decode_weight_bytes": decode_weight_bytes(llm),
     }
     if n_prompt > 0:
         ids = _prompt_ids(llm, n_prompt, rng)

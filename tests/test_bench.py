@@ -145,6 +145,9 @@ def test_bytes_per_token_counts_one_embedding_row_unless_tied(tiny_model, tmp_pa
 def test_compare_report_without_llama_cpp(result, tiny_model):
     compare = _compare_module()
     read, total = compare.bytes_per_token(tiny_model)
+    # the repacked weights a decode step reads, against the GGUF's (Q8_0: 36 bytes per 32 weights instead
+    # of 34, rows padded to groups of 32; the norms, in the GGUF count, are not in the decode buffers)
+    assert 0.9 * read <= result["decode_weight_bytes"] <= 2 * read
     report = {"date": "2025-01-01T00:00:00+00:00", "cpu": compare.cpu_model(), "threads": 1, "reps": 2,
               "n_prompt": 16, "n_gen": 4, "bandwidth_gbs": 28.0, "llama_cpp_version": None,
               "models": [{"model": str(tiny_model), "bytes_per_token": read, "tensor_bytes": total,
@@ -153,3 +156,4 @@ def test_compare_report_without_llama_cpp(result, tiny_model):
     assert "CPU: " in text and "threads: 1" in text and "2025-01-01" in text
     assert "| pp16 " in text and "| tg4 " in text and "n/a" in text
     assert "% of limit" in text
+    assert f"localllm's repacked weights: {result['decode_weight_bytes'] / 1e6:.1f} MB" in text
