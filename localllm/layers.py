@@ -15,7 +15,6 @@ from .quants import get_format
 REPACK = os.environ.get("LOCALLLM_REPACK", "1") != "0"   # 0: run on the GGUF blocks as stored
 
 SMALL_BATCH = 8            # up to this many rows of activations: kernels straight on quantized rows
-VNNI_PREFILL = True        # larger batches too on the VNNI kernel where a matrix has it (else dequantize + sgemm)
 DEQUANT_CHUNK = 1 << 24    # floats dequantized at a time for the BLAS path (64 MB)
 
 _scratch = np.empty(0, np.float32)
@@ -82,7 +81,7 @@ class Linear:
         if out is None:
             out = np.empty((t, self.n_out), np.float32)
         pm = self.packed
-        if pm is not None and (t <= SMALL_BATCH or (VNNI_PREFILL and pm.dot is not None and pm.dot.vnni)):
+        if pm is not None and (t <= SMALL_BATCH or (pm.dot is not None and pm.dot.vnni)):
             matmul_packed(pm, x, out)     # the VNNI kernel beats dequantize + sgemm at any batch size
         elif t == 1:
             matvec(self.type_id, self.raw, x[0], out[0])

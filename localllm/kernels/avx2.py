@@ -22,7 +22,8 @@ int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), NIB5 7874 (4),
 Scale groups of 16 columns (Q2_K, Q3_K, Q6_K) are two halves of a block, summed separately.
 
 Selection: wherever the host CPU has AVX2 (llvmlite's host features), unless `LOCALLLM_KERNEL=float`; else
-the float kernels run. A matrix with this layout keeps no other copy of its codes (PackedMatrix.q is None):
+the float kernels run. Where the CPU also has AVX-512 VNNI, vnni.py multiplies the same layout instead
+(the layout's `vnni` flag, unless `LOCALLLM_KERNEL=avx2`). A matrix with this layout keeps no other copy of its codes (PackedMatrix.q is None):
 prefill dequantizes from it (`dequantize_int8dot`) and small batches run the matvec once per row. The choice lives in data (the layout
 built, the kind code passed to `packed_matmul`), never in compiled code, so Numba's cache (keyed on the CPU)
 stays right for both; without AVX2 the driver is a stub, so no x86 intrinsic is ever compiled. The cache does not see edits to this
