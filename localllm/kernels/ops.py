@@ -198,19 +198,18 @@ def softmax_causal_serial(s, t_n, pos0, start, window, scale):
         _softmax_causal_row(s, i, t_n, pos0, start, window, scale)
 
 
-_attention_pool = None
+_attention_pools: dict = {}     # thread count -> ThreadPoolExecutor
 
 
 def _pool():
     """Python threads for attention_blas: BLAS runs single-threaded beside Numba's pool (threads.py), so
     the heads and row chunks of a prefill's attention are spread over threads of our own instead."""
-    global _attention_pool
     import numba
     n = numba.get_num_threads()
-    if _attention_pool is None or _attention_pool._max_workers != n:
+    if n not in _attention_pools:
         from concurrent.futures import ThreadPoolExecutor
-        _attention_pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="localllm-attn")
-    return _attention_pool
+        _attention_pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="localllm-attn")
+    return _attention_pools[n]
 
 
 ATTENTION_ROW_CHUNKS = 4    # query-row chunks per KV head (later chunks see more keys; 4 balances 2 threads)

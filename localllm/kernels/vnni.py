@@ -60,27 +60,26 @@ _V8F = ir.VectorType(ir.FloatType(), 8)
 _FAST = ("fast",)
 
 
-def _make_tile(mode: int, halves: int, tt: int):
-    """The LLVM IR kernel for tt activation rows x one 32-row, 32-column block of a matrix in `mode`.
+def _make_tile(tt: int):
+    """The LLVM IR kernel for tt activation rows x one 32-row, 32-column block of a matrix.
 
-    tile(q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc):
+    tile(mode, halves, q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc):
+    mode (NIBBLES, NIB5, U8_63, S8) and halves (scale groups per block: 1 or 2) pick one of the eight
+    bodies compiled into it (a switch; the values are the same for every block of a matrix),
     q uint8 (the layout's bytes, block at qat), xq int8 (row t of the tile at xat + t*xstride),
     scale/offset float32 (this block's first group of row 0 at sat/oat, halves 32 apart, octets 8),
     dv float32 (tt,) activation scale d per row, cv int32 (2*tt,) code-shift correction per row and
     half (lo * sum(x_q)), xsv float32 (2*tt,) d * sum(x_q) per row and half (for offsets),
     acc float32 (tt, 32) += the block's contribution.
     """
-    per_octet = 4 if mode in (NIBBLES, NIB5) else 8      # code vectors per row octet
-    octet_bytes = 160 if mode == NIB5 else per_octet * 32
-    quads_per_half = 8 // halves
-
     @intrinsic
-    def tile(typingctx, q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc):
-        sig = types.void(q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc)
+    def tile(typingctx, mode, halves, q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc):
+        sig = types.void(mode, halves, q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc)
 
-        def codegen(context, builder, signature, args):
+        def codegen(context, builder, signature, all_args):
+            a_mode, a_halves, args = all_args[0], all_args[1], all_args[2:]
             (_, a_qat, _, a_xat, a_xs, _, a_sat, _, a_oat, _, _, _, a_has, _) = args
-            arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i]).data
+            arr = lambda i: context.make_array(signature.args[i + 2])(context, builder, args[i]).data
             qp, xp, sp, op, dp, cp, xsp, ap = arr(0), arr(2), arr(5), arr(7), arr(9), arr(10), arr(11), arr(13)
             i64 = lambda v: builder.sext(v, _I64) if v.type != _I64 else v
             qat64, xat64, xs64, sat64, oat64 = (i64(v) for v in (a_qat, a_xat, a_xs, a_sat, a_oat))
@@ -105,7 +104,7 @@ def _make_tile(mode: int, halves: int, tt: int):
                 p = builder.bitcast(builder.gep(xb, [at]), _I32.as_pointer())
                 return builder.bitcast(_splat(builder, builder.load(p, align=1), _V8I32), _V32I8)
 
-            def codes(o):                         # the octet's 8 u8 code vectors, vector i pairs with quad i
+            def codes(mode, octet_bytes, o):      # the octet's 8 u8 code vectors, vector i pairs with quad i
                 base = builder.add(qat64, c64(o * octet_bytes))
                 if mode in (NIBBLES, NIB5):
                     ws = [_vload(builder, qp, builder.add(base, c64(32 * v)), _V32I8, 1) for v in range(4)]
@@ -130,9 +129,11 @@ def _make_tile(mode: int, halves: int, tt: int):
                 ws = [_vload(builder, qp, builder.add(base, c64(32 * c)), _V32I8, 1) for c in range(8)]
                 return [builder.xor(w, flip) for w in ws] if mode == S8 else ws
 
-            def body(with_offsets):
+            def body(mode, halves, with_offsets):
+                octet_bytes = 160 if mode == NIB5 else (128 if mode == NIBBLES else 256)
+                quads_per_half = 8 // halves
                 for o in range(4):
-                    w = codes(o)
+                    w = codes(mode, octet_bytes, o)
                     xb = opaque(xp) if tt > 1 else xp
                     sv = [_vload(builder, sp, builder.add(sat64, c64(32 * h + 8 * o)), _V8F, 4) for h in range(halves)]
                     ov = [_vload(builder, op, builder.add(oat64, c64(32 * h + 8 * o)), _V8F, 4)
@@ -157,11 +158,22 @@ def _make_tile(mode: int, halves: int, tt: int):
                                 a = builder.fadd(a, builder.fmul(ov[h], xs, flags=_FAST), flags=_FAST)
                         builder.store(a, accp, align=4)
 
-            with builder.if_else(builder.icmp_unsigned("!=", a_has, ir.Constant(a_has.type, 0))) as (yes, no):
-                with yes:
-                    body(True)
-                with no:
-                    body(False)
+            key = builder.add(builder.mul(i64(a_mode), c64(2)), builder.sub(i64(a_halves), c64(1)))
+            done = builder.append_basic_block("tile.done")
+            switch = builder.switch(key, done)
+            for mode in (NIBBLES, NIB5, U8_63, S8):
+                for halves in (1, 2):
+                    case = builder.append_basic_block(f"tile.m{mode}h{halves}")
+                    switch.add_case(ir.Constant(_I64, 2 * mode + halves - 1), case)
+                    builder.position_at_end(case)
+                    has = builder.icmp_unsigned("!=", a_has, ir.Constant(a_has.type, 0))
+                    with builder.if_else(has) as (yes, no):
+                        with yes:
+                            body(mode, halves, True)
+                        with no:
+                            body(mode, halves, False)
+                    builder.branch(done)
+            builder.position_at_end(done)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -176,52 +188,7 @@ def _corrections(mode, lo):
 
 
 if AVAILABLE:
-    _tiles = {(m, h, t): _make_tile(m, h, t) for m in (NIBBLES, NIB5, U8_63, S8) for h in (1, 2) for t in (1, TT)}
-    _n1_1, _n1_2, _n1_T, _n2_T = _tiles[NIBBLES, 1, 1], _tiles[NIBBLES, 2, 1], _tiles[NIBBLES, 1, TT], _tiles[NIBBLES, 2, TT]
-    _51_1, _51_2, _51_T, _52_T = _tiles[NIB5, 1, 1], _tiles[NIB5, 2, 1], _tiles[NIB5, 1, TT], _tiles[NIB5, 2, TT]
-    _u1_1, _u1_2, _u1_T, _u2_T = _tiles[U8_63, 1, 1], _tiles[U8_63, 2, 1], _tiles[U8_63, 1, TT], _tiles[U8_63, 2, TT]
-    _s1_1, _s1_2, _s1_T, _s2_T = _tiles[S8, 1, 1], _tiles[S8, 2, 1], _tiles[S8, 1, TT], _tiles[S8, 2, TT]
-
-    @njit(cache=True, inline="always")
-    def _tile(mode, halves, tt, q, qat, xq, xat, xs, scale, sat, offset, dv, cv, xsv, has_off, acc):
-        """One block for tt (1 or TT) rows: the kernel of this mode and scale-group width."""
-        if tt == 1:
-            if halves == 1:
-                if mode == NIBBLES:
-                    _n1_1(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-                elif mode == NIB5:
-                    _51_1(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-                elif mode == U8_63:
-                    _u1_1(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-                else:
-                    _s1_1(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-            else:
-                if mode == NIBBLES:
-                    _n1_2(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-                elif mode == NIB5:
-                    _51_2(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-                elif mode == U8_63:
-                    _u1_2(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-                else:
-                    _s1_2(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-        elif halves == 1:
-            if mode == NIBBLES:
-                _n1_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-            elif mode == NIB5:
-                _51_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-            elif mode == U8_63:
-                _u1_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-            else:
-                _s1_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-        else:
-            if mode == NIBBLES:
-                _n2_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-            elif mode == NIB5:
-                _52_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-            elif mode == U8_63:
-                _u2_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
-            else:
-                _s2_T(q, qat, xq, xat, xs, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+    _tile1, _tileT = _make_tile(1), _make_tile(TT)     # one row (decode), TT rows (prefill tiles)
 
     @njit(cache=True, inline="always")
     def _group(mode, halves, tt, corr, g, t0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc):
@@ -244,8 +211,11 @@ if AVAILABLE:
                     cv[2 * t], cv[2 * t + 1] = corr * s0, corr * s1
                     xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0), d * np.float32(s1)
             sat = (g * ng + b * halves) * ROWS
-            _tile(mode, halves, tt, q, g * g_bytes + b * b_bytes, xq, t0 * k_n + b * BLOCK, k_n, scale, sat,
-                  offset, dv, cv, xsv, has_off, acc)
+            qat, xat = g * g_bytes + b * b_bytes, t0 * k_n + b * BLOCK
+            if tt == 1:
+                _tile1(mode, halves, q, qat, xq, xat, k_n, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+            else:
+                _tileT(mode, halves, q, qat, xq, xat, k_n, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
 
     @njit(cache=True, parallel=True, fastmath=True)
     def matmul_vnni_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
