@@ -71,7 +71,8 @@ class Linear:
         pm, g0 = self.packed, r0 // PACK_ROWS
         g1 = -(-r1 // PACK_ROWS)
         if pm.q is None:                 # the int8-dot layout holds the only copy of the codes
-            dequantize_int8dot(pm.dot.kind, pm.dot.q[g0:g1], pm.scale[g0:g1], pm.offset[g0:g1], out)
+            scale, offset = pm.scales_f32(g0, g1)
+            dequantize_int8dot(pm.dot.kind, pm.dot.q[g0:g1], scale, offset, out)
             return
         dequantize_packed(pm.q[g0:g1], pm.scale[g0:g1], pm.offset[g0:g1], pm.nibbles, out)
 

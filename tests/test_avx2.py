@@ -80,7 +80,7 @@ def test_dequantize_int8dot_matches_reference(fmt):
 def test_modes_per_format():
     want = {"Q4_0": avx2.NIBBLES, "Q4_1": avx2.NIBBLES, "Q4_K": avx2.NIBBLES, "Q3_K": avx2.NIBBLES,
             "Q2_K": avx2.NIBBLES, "Q5_0": avx2.NIB5, "Q5_1": avx2.NIB5, "Q5_K": avx2.NIB5,
-            "Q6_K": avx2.U8_63, "Q8_0": avx2.S8}
+            "Q6_K": avx2.NIB6, "Q8_0": avx2.S8}
     for fmt in FMTS:
         pm = repack(fmt, _quantized(fmt, R, 256, seed=2))
         lay = avx2.build_layout(pm.q, pm.gs, pm.nibbles)
@@ -91,7 +91,7 @@ def test_modes_per_format():
 @needs_avx2
 def test_extreme_codes_do_not_saturate():
     """Codes at both ends of their range times |x_q| = 127 everywhere: the int16 sums must not clip."""
-    for mode, lo, hi in [(avx2.S8, -128, 127), (avx2.U8_63, -32, 31), (avx2.NIB5, -16, 15)]:
+    for mode, lo, hi in [(avx2.S8, -128, 127), (avx2.NIB6, -32, 31), (avx2.NIB5, -16, 15)]:
         q = np.empty((1, 64, R), np.int8)
         q[:, 0::2], q[:, 1::2] = lo, hi
         q[:, :, 1::2] = lo                 # rows all at the extreme low code

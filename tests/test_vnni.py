@@ -14,7 +14,7 @@ import pytest
 
 from localllm.kernels import avx2, vnni
 from localllm.kernels.quantized import matmul_reference
-from localllm.kernels.repacked import R, packed_matmul, repack
+from localllm.kernels.repacked import R, matmul_packed, packed_matmul, repack
 from localllm.quants import FORMATS, _load_all, dequantize_reference
 from test_avx2 import quantize_activation_reference
 from test_quants import _quantized
@@ -56,7 +56,7 @@ def test_vnni_matches_references(fmt, n_rows, n_cols):
 @needs_vnni
 def test_extreme_codes_do_not_overflow():
     """Codes at both ends of their range (Q8_0's -128..127 flipped to u8) times |x_q| = 127 everywhere."""
-    for mode, lo, hi in [(avx2.S8, -128, 127), (avx2.U8_63, -32, 31), (avx2.NIB5, -16, 15)]:
+    for mode, lo, hi in [(avx2.S8, -128, 127), (avx2.NIB6, -32, 31), (avx2.NIB5, -16, 15)]:
         q = np.empty((1, 64, R), np.int8)
         q[:, 0::2], q[:, 1::2] = lo, hi
         q[:, :, 1::2] = lo
@@ -74,12 +74,49 @@ def test_extreme_codes_do_not_overflow():
 
 
 def test_kind_carries_the_kernel():
-    for mode, lo in [(avx2.NIBBLES, 0), (avx2.NIB5, -16), (avx2.U8_63, -32), (avx2.S8, 0)]:
+    for mode, lo in [(avx2.NIBBLES, 0), (avx2.NIB5, -16), (avx2.NIB6, -32), (avx2.S8, 0)]:
         for flag in (False, True):
-            kind = avx2.encode_kind(mode, lo, flag)
-            assert avx2.kind_mode_lo(kind) == (mode, lo)
-            assert avx2.kind_is_vnni(kind) == flag
-    assert not avx2.kind_is_vnni(0) and not avx2.kind_is_vnni(1)
+            for half in (False, True):
+                kind = avx2.encode_kind(mode, lo, flag, half)
+                assert avx2.kind_mode_lo(kind) == (mode, lo)
+                assert avx2.kind_is_vnni(kind) == flag
+                assert avx2.kind_is_scale16(kind) == half
+    for k in (0, 1):
+        assert not avx2.kind_is_vnni(k) and not avx2.kind_is_scale16(k)
+
+
+@needs_vnni
+@pytest.mark.parametrize("fmt", FMTS, ids=[f.name for f in FMTS])
+def test_float16_scales_only_where_exact_and_same_results(fmt, monkeypatch):
+    """With LOCALLLM_SCALE16 on, a VNNI layout keeps scales and offsets as float16 bits exactly when
+    float16 holds every one of them (always for the legacy formats, whose d and m are float16 in the
+    file), and its products and dequantized rows equal the float32-scale layout's bit for bit."""
+    from localllm.layers import Linear
+
+    raw = _quantized(fmt, R * 2, 512, seed=fmt.type_id)
+    x = np.random.default_rng(0).standard_normal((vnni.TT + 3, 512)).astype(np.float32)
+    got = {}
+    for half in (False, True):
+        monkeypatch.setattr(vnni, "SCALE16", half)
+        pm = repack(fmt, raw)
+        f32 = (pm.scale.copy(), pm.offset.copy())
+        lay = pm.int8dot()
+        exact = all(np.array_equal(a.astype(np.float16).astype(np.float32), a) for a in f32)
+        assert lay.scale16 == (half and exact) == avx2.kind_is_scale16(lay.kind)
+        assert pm.scale.dtype == (np.uint16 if lay.scale16 else np.float32)
+        for a, b in zip(pm.scales_f32(), f32):
+            np.testing.assert_array_equal(a, b)
+        out = np.empty((len(x), R * 2), np.float32)
+        matmul_packed(pm, x, out)
+        rows = np.empty((R * 2, 512), np.float32)
+        lin = Linear.__new__(Linear)
+        lin.packed = pm
+        lin._dequantize(0, R * 2, rows)
+        got[half] = out, rows
+    if fmt.name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+        assert lay.scale16
+    for a, b in zip(got[False], got[True]):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("setting,want", [("auto", True), ("avx2", False), ("float", False)])
@@ -109,6 +146,7 @@ def test_tiny_model_prefill_and_decode_on_vnni(tmp_path, monkeypatch):
     mt = llm.model._fused.mt
     kinds = mt[mt[:, GROUPS] > 0, KIND]         # the filled slots of the decode table
     assert len(kinds) and all(avx2.kind_is_vnni(int(k)) for k in kinds)
+    assert all(avx2.kind_is_scale16(int(k)) for k in kinds) == vnni.SCALE16   # Q4_1: float16 d and m
     tol = 3e-2 * np.abs(want).max()
     batched = llm.logits(ids)                 # chunks of 16: the tile kernel, TT rows at a time
     llm.cache.reset()

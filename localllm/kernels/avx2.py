@@ -15,10 +15,12 @@ group of 32 rows and 32-column block, row octets o = 0..3 (rows 8o..8o+7), vecto
   code; lo * sum(x_q) is added back in int32) as 5 bits: the 4 nibble vectors as above, then one vector
   whose byte 4*r + j holds bit 4 of the 8 codes at that position, bit 2v (low nibble) / 2v+1 (high) -
   160 bytes an octet, 0.625 byte a weight instead of 1 (decode is memory bound here);
-- mode U8_63 (codes span <= 63: Q6_K): 8 vectors per octet, vector c = code[8o+r, k0+4c+j] - lo;
+- mode NIB6 (codes span <= 63: Q6_K): u = code - lo as 6 bits: the 4 nibble vectors, then two vectors
+  whose byte 4*r + j holds bits 4-5 of the 8 codes at that position, code vector i = 2v + lo/hi in
+  vector i // 4 at bits 2*(i % 4) - 192 bytes an octet, 0.75 byte a weight;
 - mode S8 (Q8_0, full int8 range): as above with the raw int8 codes, multiplied with the sign trick
   (|w| unsigned, sign(w)*x signed: |x| <= 127 keeps 2*128*127 inside int16).
-int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), NIB5 7874 (4), U8_63 16002 (2), S8 32512 (1).
+int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), NIB5 7874 (4), NIB6 16002 (2), S8 32512 (1).
 Scale groups of 16 columns (Q2_K, Q3_K, Q6_K) are two halves of a block, summed separately.
 
 Selection: wherever the host CPU has AVX2 (llvmlite's host features), unless `LOCALLLM_KERNEL=float`; else
@@ -60,19 +62,22 @@ AVAILABLE = _host_has_avx2()                                        # compiled o
 # Read when matrices are packed, so tests may set it before loading a model.
 ENABLED = AVAILABLE and os.environ.get("LOCALLLM_KERNEL", "auto").lower() not in ("float",)
 
-NIBBLES, NIB5, U8_63, S8 = range(4)
+NIBBLES, NIB5, NIB6, S8 = range(4)
 KIND_BASE = 2          # packed_matmul kinds: 0 float int8, 1 float nibbles, >= 2 this kernel (mode, lo encoded)
 BLOCK = 32             # columns per activation block (one d) and per kernel call
 ROWS = 32              # rows per row group (repacked.R)
-_CHUNK = {NIBBLES: 8, NIB5: 4, U8_63: 2, S8: 1}   # vpmaddubsw results added in int16 before vpmaddwd
+OCTET_BYTES = {NIBBLES: 128, NIB5: 160, NIB6: 192, S8: 256}   # bytes of one row octet of a block
+_CHUNK = {NIBBLES: 8, NIB5: 4, NIB6: 2, S8: 1}   # vpmaddubsw results added in int16 before vpmaddwd
 
 
 VNNI_BIT = 1024        # in a kind: run the layout with the AVX-512 VNNI kernels (vnni.py), not these
+SCALE16_BIT = 2048     # in a VNNI kind: scales and offsets are stored as float16 bits (uint16), exactly
 
 
-def encode_kind(mode: int, lo: int, vnni: bool = False) -> int:
-    """The `packed_matmul` kind of a layout: mode, code shift and kernel in one int (the kinds array is int64)."""
-    return KIND_BASE + mode + 4 * (lo + 128) + (VNNI_BIT if vnni else 0)
+def encode_kind(mode: int, lo: int, vnni: bool = False, scale16: bool = False) -> int:
+    """The `packed_matmul` kind of a layout: mode, code shift, kernel and scale width in one int (the
+    kinds array is int64)."""
+    return KIND_BASE + mode + 4 * (lo + 128) + (VNNI_BIT if vnni else 0) + (SCALE16_BIT if scale16 else 0)
 
 
 @njit(cache=True)
@@ -86,20 +91,26 @@ def kind_is_vnni(kind):
     return kind >= KIND_BASE and ((kind - KIND_BASE) & VNNI_BIT) != 0
 
 
+@njit(cache=True)
+def kind_is_scale16(kind):
+    return kind >= KIND_BASE and ((kind - KIND_BASE) & SCALE16_BIT) != 0
+
+
 @dataclass
 class Int8DotLayout:
     mode: int
     lo: int                  # subtracted from int8 codes (U8 modes), 0 otherwise
     q: np.ndarray            # uint8, the shape of PackedMatrix.q: (G, K/2 or K, 32), bytes reordered
     vnni: bool = False       # multiplied by the AVX-512 VNNI kernels (vnni.py) instead of these
+    scale16: bool = False    # (VNNI only) the matrix's scales and offsets are float16 bits, uint16 arrays
 
     @property
     def kind(self) -> int:
-        return encode_kind(self.mode, self.lo, self.vnni)
+        return encode_kind(self.mode, self.lo, self.vnni, self.scale16)
 
     def like(self, q: np.ndarray) -> "Int8DotLayout":
         """The same layout kind over other codes (a slice or a stack of matrices of this kind)."""
-        return Int8DotLayout(self.mode, self.lo, q, self.vnni)
+        return Int8DotLayout(self.mode, self.lo, q, self.vnni, self.scale16)
 
     @property
     def nbytes(self) -> int:
@@ -125,11 +136,11 @@ def build_layout(q: np.ndarray, gs: int, nibbles: bool, vnni: bool = False) -> I
         qi = q.view(np.int8)
         lo, hi = (int(qi.min()), int(qi.max())) if qi.size else (0, 0)
         span = hi - lo
-        mode = NIB5 if span <= 31 else U8_63 if span <= 63 else S8
+        mode = NIB5 if span <= 31 else NIB6 if span <= 63 else S8
         if mode == S8:
             lo = 0
-    if mode == NIB5:       # 5 bits a code: 640 bytes a block instead of 1024
-        out = np.empty((n_grp, nblk * 20, r_n), np.uint8)
+    if mode in (NIB5, NIB6):   # 5 or 6 bits a code: 640 or 768 bytes a block instead of 1024
+        out = np.empty((n_grp, nblk * (20 if mode == NIB5 else 24), r_n), np.uint8)
     else:                  # same shape and bytes as q, another order (see above)
         out = np.empty(q.shape, np.uint8)
     for g0 in range(0, n_grp, LAYOUT_CHUNK):
@@ -156,6 +167,19 @@ def build_layout(q: np.ndarray, gs: int, nibbles: bool, vnni: bool = False) -> I
             blk[..., :128] = nib.transpose(0, 1, 4, 2, 5, 3).reshape(n, nblk, 4, 128)
             blk[..., 128:] = hb.transpose(0, 1, 3, 4, 2).reshape(n, nblk, 4, 32)
             out[g0:g1] = blk.reshape(n, nblk * 20, r_n)
+        elif mode == NIB6:
+            u = (c.view(np.int8).astype(np.int16) - lo).astype(np.uint8)
+            u7 = u.reshape(n, nblk, 4, 2, 4, 4, 8)            # g, blk, v, lo/hi, j, o, r
+            nib = (u7[:, :, :, 0] & 15) | ((u7[:, :, :, 1] & 15) << np.uint8(4))   # g, blk, v, j, o, r
+            hb = np.zeros((n, nblk, 2, 4, 4, 8), np.uint8)     # g, blk, vector, j, o, r: bits 4-5 of u
+            for v in range(4):
+                for h in range(2):
+                    i = 2 * v + h
+                    hb[:, :, i // 4] |= (u7[:, :, v, h] >> np.uint8(4)) << np.uint8(2 * (i % 4))
+            blk = np.empty((n, nblk, 4, 192), np.uint8)        # g, blk, o, 4 nibble vectors + 2 bit vectors
+            blk[..., :128] = nib.transpose(0, 1, 4, 2, 5, 3).reshape(n, nblk, 4, 128)
+            blk[..., 128:] = hb.transpose(0, 1, 4, 2, 5, 3).reshape(n, nblk, 4, 64)
+            out[g0:g1] = blk.reshape(n, nblk * 24, r_n)
         else:
             u = (c.view(np.int8).astype(np.int16) - lo).astype(np.uint8) if mode != S8 else c.view(np.uint8)
             u6 = u.reshape(n, nblk, 8, 4, 4, 8)               # g, blk, c, j, o, r
@@ -189,9 +213,26 @@ def _vload(builder, base, at, vty, align):
     return builder.load(builder.bitcast(builder.gep(base, [at]), vty.as_pointer()), align=align)
 
 
+def high_vectors(builder, mode, qp, octet):
+    """The bit vectors (<16 x i16>) of a row octet whose bytes start at qp[octet]: NIB5 one, NIB6 two."""
+    n = 1 if mode == NIB5 else 2 if mode == NIB6 else 0
+    return [builder.bitcast(_vload(builder, qp, builder.add(octet, ir.Constant(_I64, 128 + 32 * i)), _V32I8, 1),
+                            _V16I16) for i in range(n)]
+
+
+def high_bits(builder, mode, hvs, i):
+    """The bits above the nibble of code vector i (NIB5: bit 4, NIB6: bits 4-5), at their place in each byte."""
+    hv, at, mask = (hvs[0], i, 16) if mode == NIB5 else (hvs[i // 4], 2 * (i % 4), 48)
+    if at < 4:
+        hv = builder.shl(hv, ir.Constant(_V16I16, [4 - at] * 16))
+    elif at > 4:
+        hv = builder.lshr(hv, ir.Constant(_V16I16, [at - 4] * 16))
+    return builder.and_(builder.bitcast(hv, _V32I8), ir.Constant(_V32I8, [mask] * 32))
+
+
 def _make_block(mode: int, halves: int):
-    per_octet = 4 if mode in (NIBBLES, NIB5) else 8    # code vectors per row octet
-    octet_bytes = 160 if mode == NIB5 else per_octet * 32
+    per_octet = 8 if mode == S8 else 4                 # code vectors per row octet
+    octet_bytes = OCTET_BYTES[mode]
     per_half = per_octet // halves
     chunk = _CHUNK[mode]
 
@@ -223,38 +264,24 @@ def _make_block(mode: int, halves: int):
             vbytes = 32
             for o in range(4):
                 isums = []
-                if mode == NIB5:   # bit 4 of the codes of vector i (= 2v + lo/hi) is bit i of hv's bytes
-                    hv = builder.bitcast(_vload(builder, qp, builder.add(qat64, ir.Constant(_I64, o * octet_bytes + 128)),
-                                                _V32I8, 1), _V16I16)
-                    bit4 = ir.Constant(_V32I8, [16] * 32)
-
-                    def high(i):
-                        if i < 4:
-                            t = builder.shl(hv, ir.Constant(_V16I16, [4 - i] * 16))
-                        elif i > 4:
-                            t = builder.lshr(hv, ir.Constant(_V16I16, [i - 4] * 16))
-                        else:
-                            t = hv
-                        return builder.and_(builder.bitcast(t, _V32I8), bit4)
+                hvs = high_vectors(builder, mode, qp, builder.add(qat64, ir.Constant(_I64, o * octet_bytes)))
                 for h in range(halves):
                     prods = []
                     for v in range(h * per_half, (h + 1) * per_half):
                         at = builder.add(qat64, ir.Constant(_I64, o * octet_bytes + v * vbytes))
                         w = _vload(builder, qp, at, _V32I8, 1)
-                        if mode in (NIBBLES, NIB5):
+                        if mode != S8:
                             wl = builder.and_(w, lo4)
                             wh = builder.and_(builder.lshr(w, sh4), lo4)
-                            if mode == NIB5:
-                                wl = builder.or_(wl, high(2 * v))
-                                wh = builder.or_(wh, high(2 * v + 1))
+                            if hvs:
+                                wl = builder.or_(wl, high_bits(builder, mode, hvs, 2 * v))
+                                wh = builder.or_(wh, high_bits(builder, mode, hvs, 2 * v + 1))
                             prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wl, xb[2 * v]))
                             prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wh, xb[2 * v + 1]))
-                        elif mode == S8:
+                        else:
                             aw = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, w, w)
                             sx = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, xb[v], w)
                             prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, aw, sx))
-                        else:
-                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, w, xb[v]))
                     isum = None
                     for i0 in range(0, len(prods), chunk):
                         s16 = prods[i0]
@@ -262,7 +289,7 @@ def _make_block(mode: int, halves: int):
                             s16 = builder.add(s16, p)
                         s32 = _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, s16, ones)
                         isum = s32 if isum is None else builder.add(isum, s32)
-                    if mode in (NIB5, U8_63):
+                    if mode in (NIB5, NIB6):
                         isum = builder.add(isum, corr[h])
                     isums.append(isum)
                 accp = builder.bitcast(builder.gep(ap, [ir.Constant(_I64, 8 * o)]), _V8F.as_pointer())
@@ -291,7 +318,7 @@ def _make_block(mode: int, halves: int):
 
 _nib1, _nib2 = _make_block(NIBBLES, 1), _make_block(NIBBLES, 2)
 _n5_1, _n5_2 = _make_block(NIB5, 1), _make_block(NIB5, 2)
-_u63_1, _u63_2 = _make_block(U8_63, 1), _make_block(U8_63, 2)
+_n6_1, _n6_2 = _make_block(NIB6, 1), _make_block(NIB6, 2)
 _s8_1, _s8_2 = _make_block(S8, 1), _make_block(S8, 2)
 
 
@@ -347,8 +374,8 @@ if AVAILABLE:
                             _nib1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                         elif mode == NIB5:
                             _n5_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        elif mode == U8_63:
-                            _u63_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        elif mode == NIB6:
+                            _n6_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                         else:
                             _s8_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                     else:
@@ -359,8 +386,8 @@ if AVAILABLE:
                             _nib2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                         elif mode == NIB5:
                             _n5_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        elif mode == U8_63:
-                            _u63_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                        elif mode == NIB6:
+                            _n6_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                         else:
                             _s8_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
                 r0 = g * ROWS
@@ -403,7 +430,7 @@ def dequantize_int8dot(kind, q, scale, offset, out):
             for b in range(nblk):              # the codes, as floats
                 at = b * b_bytes + (rr >> 3) * o_bytes + 4 * (rr & 7)
                 k0 = b * BLOCK
-                if mode == NIBBLES or mode == NIB5:
+                if mode != S8:
                     for v in range(4):
                         for j in range(4):
                             byte = np.int32(qf[g, at + 32 * v + j])
@@ -412,17 +439,17 @@ def dequantize_int8dot(kind, q, scale, offset, out):
                                 hb = np.int32(qf[g, at + 128 + j]) >> (2 * v)
                                 u0 += ((hb & 1) << 4) + lo
                                 u1 += ((hb & 2) << 3) + lo
+                            elif mode == NIB6:     # code vectors 2v, 2v+1: vector v // 2, bits 4(v % 2)..
+                                hb = np.int32(qf[g, at + 128 + 32 * (v >> 1) + j]) >> (4 * (v & 1))
+                                u0 += ((hb & 3) << 4) + lo
+                                u1 += (((hb >> 2) & 3) << 4) + lo
                             row[k0 + 8 * v + j] = np.float32(u0)
                             row[k0 + 8 * v + 4 + j] = np.float32(u1)
                 else:
                     for c in range(8):
                         for j in range(4):
                             u = np.int32(qf[g, at + 32 * c + j])
-                            if mode == S8:
-                                u = u - 256 if u > 127 else u
-                            else:
-                                u += lo
-                            row[k0 + 4 * c + j] = np.float32(u)
+                            row[k0 + 4 * c + j] = np.float32(u - 256 if u > 127 else u)
             for grp in range(scale.shape[1]):
                 sc = scale[g, grp, rr]
                 if has_off:

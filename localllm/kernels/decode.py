@@ -4,8 +4,9 @@ Per-op Python dispatch cost 0.3-1 µs per call and ~15 calls per layer; here the
 Numba. Waking the thread pool costs 10-50 µs on these VMs, so only matrix products (and attention
 over long contexts) run in parallel, and q/k/v and gate/up run as one stacked matrix where their
 formats allow. The repacked matrices (kernels/repacked.py) of the whole model live in three flat
-buffers (codes, scales, offsets) with a table of where each one starts and its shape, indexed
-layer * 7 + slot; a slot whose matrix is part of a stacked one is empty. (Numba's typed lists held
+byte buffers (codes, scales, offsets: float32, or float16 where the kind says so, each matrix's part
+64-byte aligned) with a table of where each one starts and its shape, indexed layer * 7 + slot; a slot
+whose matrix is part of a stacked one is empty. (Numba's typed lists held
 them first, but building one compiled its methods in every process: 2.2 s of each load.)
 """
 from __future__ import annotations
@@ -21,7 +22,9 @@ from numba import njit
 
 from .ops import attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from .quantized import dequantize_row_any
+from .avx2 import kind_is_scale16
 from .repacked import packed_matmul
+from .vnni import matmul_vnni
 
 Q, K, V, O, GATE, UP, DOWN = range(7)   # slots; Q holds q|k|v and GATE gate|up when stacked
 PARALLEL_ATTENTION_FROM = 512           # cache length from which decode attention uses the pool
@@ -34,11 +37,17 @@ Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, KIND, B_AT, B_LEN = ra
 @njit(cache=True)
 def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
     """out = x @ W_i.T (+ b_i) for matrix i of the table."""
-    g, r = mt[i, GROUPS], mt[i, ROWS]
+    g, r, kind = mt[i, GROUPS], mt[i, ROWS], mt[i, KIND]
     q = qbuf[mt[i, Q_AT]:mt[i, Q_AT] + g * mt[i, COLS] * r].reshape((g, mt[i, COLS], r))
-    sc = sbuf[mt[i, S_AT]:mt[i, S_AT] + g * mt[i, N_GROUPS] * r].reshape((g, mt[i, N_GROUPS], r))
-    of = obuf[mt[i, O_AT]:mt[i, O_AT] + g * mt[i, O_GROUPS] * r].reshape((g, mt[i, O_GROUPS], r))
-    packed_matmul(mt[i, KIND], q, sc, of, x, out)
+    sa, ns, oa, no = mt[i, S_AT], mt[i, N_GROUPS], mt[i, O_AT], mt[i, O_GROUPS]
+    if kind_is_scale16(kind):          # float16 scales and offsets (only the VNNI kernels take them)
+        sc = sbuf[sa:sa + 2 * g * ns * r].view(np.uint16).reshape((g, ns, r))
+        of = obuf[oa:oa + 2 * g * no * r].view(np.uint16).reshape((g, no, r))
+        matmul_vnni(kind, q, sc, of, x, out)
+    else:
+        sc = sbuf[sa:sa + 4 * g * ns * r].view(np.float32).reshape((g, ns, r))
+        of = obuf[oa:oa + 4 * g * no * r].view(np.float32).reshape((g, no, r))
+        packed_matmul(kind, q, sc, of, x, out)
     for j in range(mt[i, B_LEN]):
         out[0, j] += bbuf[mt[i, B_AT] + j]
 
@@ -140,7 +149,7 @@ def pack_buffers(linears):
     if any(lin is not None and lin.packed is None for lin in linears):
         return None
     mt = np.zeros((len(linears), 11), np.int64)
-    sizes = np.zeros(4, np.int64)                           # running lengths of q, scale, offset, bias
+    sizes = np.zeros(4, np.int64)       # running lengths of q, scale and offset (bytes, aligned), bias
     for i, lin in enumerate(linears):
         if lin is None:
             continue
@@ -149,9 +158,9 @@ def pack_buffers(linears):
         g, x, r = pm.codes.shape
         mt[i] = (sizes[0], g, x, r, sizes[1], pm.scale.shape[1], sizes[2], pm.offset.shape[1],
                  pm.kind, sizes[3], 0 if lin.bias is None else lin.bias.size)
-        sizes += (pm.codes.size, pm.scale.size, pm.offset.size, mt[i, B_LEN])
-    qbuf, sbuf = np.empty(sizes[0], np.uint8), np.empty(sizes[1], np.float32)
-    obuf, bbuf = np.empty(sizes[2], np.float32), np.empty(sizes[3], np.float32)
+        sizes += (_aligned(pm.codes.nbytes), _aligned(pm.scale.nbytes), _aligned(pm.offset.nbytes), mt[i, B_LEN])
+    qbuf, sbuf, obuf = (np.zeros(n, np.uint8) for n in sizes[:3])
+    bbuf = np.empty(sizes[3], np.float32)
     for i, lin in enumerate(linears):
         if lin is None:
             continue
@@ -164,7 +173,7 @@ def pack_buffers(linears):
             pm.dot.q = qv
         for name, buf, at in (("scale", sbuf, sa), ("offset", obuf, oa)):
             arr = getattr(pm, name)
-            view = buf[at:at + arr.size].reshape(arr.shape)
+            view = buf[at:at + arr.nbytes].view(arr.dtype).reshape(arr.shape)
             view[...] = arr
             setattr(pm, name, view)
         if bl:
@@ -175,6 +184,10 @@ def pack_buffers(linears):
 
 
 NONE2 = np.zeros((0, 0), np.float32)
+
+
+def _aligned(nbytes: int, to: int = 64) -> int:
+    return -(-nbytes // to) * to
 
 
 BUFFERS = ("mt", "q", "scale", "offset", "bias")
@@ -193,7 +206,7 @@ def pack_cache_dir(model_path) -> Path | None:
 
     st = os.stat(model_path)
     h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{avx2.ENABLED}|"
-                       f"{vnni.ENABLED}|{R}".encode())
+                       f"{vnni.ENABLED}|{vnni.SCALE16}|{R}".encode())
     pkg = Path(__file__).resolve().parent.parent
     for rel in _KEYED_SOURCES:
         h.update((pkg / rel).read_bytes())
@@ -228,12 +241,13 @@ def _packed_from(bufs, i: int, n_rows: int, n_cols: int):
     mt, qbuf, sbuf, obuf, _ = bufs
     qa, g, x, r, sa, ng, oa, ong, kind = (int(v) for v in mt[i, :9])
     q = qbuf[qa:qa + g * x * r].reshape(g, x, r)
-    scale = sbuf[sa:sa + g * ng * r].reshape(g, ng, r)
-    offset = obuf[oa:oa + g * ong * r].reshape(g, ong, r)
+    dt = np.dtype(np.uint16 if avx2.kind_is_scale16(kind) else np.float32)
+    scale = sbuf[sa:sa + g * ng * r * dt.itemsize].view(dt).reshape(g, ng, r)
+    offset = obuf[oa:oa + g * ong * r * dt.itemsize].view(dt).reshape(g, ong, r)
     if kind >= avx2.KIND_BASE:
         mode, lo = avx2.kind_mode_lo(kind)
-        return PackedMatrix(n_rows, n_cols, n_cols // ng, mode == avx2.NIBBLES, None, scale, offset,
-                            avx2.Int8DotLayout(mode, lo, q, bool(avx2.kind_is_vnni(kind))), True)
+        dot = avx2.Int8DotLayout(mode, lo, q, bool(avx2.kind_is_vnni(kind)), bool(avx2.kind_is_scale16(kind)))
+        return PackedMatrix(n_rows, n_cols, n_cols // ng, mode == avx2.NIBBLES, None, scale, offset, dot, True)
     return PackedMatrix(n_rows, n_cols, n_cols // ng, kind == 1, q if kind == 1 else q.view(np.int8), scale, offset)
 
 

@@ -58,13 +58,34 @@ class PackedMatrix:
         """The integer-dot layout of this matrix (AVX2, or AVX-512 VNNI where vnni.ENABLED), or None where
         that kernel is off or does not apply.
         Built lazily, so matrices that `layers.fuse` stacks never build their own. Once built it is the
-        only copy of the codes: q is dropped, and every kernel here reads the layout instead."""
+        only copy of the codes: q is dropped, and every kernel here reads the layout instead.
+        For the VNNI kernels, scales and offsets that float16 holds exactly (the legacy formats' d and m
+        are float16 in the file) are kept as float16 bits (uint16): 2 bytes a group less to stream."""
         if not self.dot_built:
             self.dot = avx2.build_layout(self.q, self.gs, self.nibbles, vnni.ENABLED) if avx2.ENABLED else None
             self.dot_built = True
             if self.dot is not None:
                 self.q = None
+                if self.dot.vnni and vnni.SCALE16:
+                    halves = [_exact_half(a) for a in (self.scale, self.offset)]
+                    if all(h is not None for h in halves):
+                        self.scale, self.offset = halves
+                        self.dot.scale16 = True
         return self.dot
+
+    def scales_f32(self, g0: int = 0, g1: int | None = None):
+        """(scale, offset) float32 of row groups g0..g1, whichever width they are stored in."""
+        sl = slice(g0, g1)
+        if self.scale.dtype == np.uint16:
+            return (self.scale[sl].view(np.float16).astype(np.float32),
+                    self.offset[sl].view(np.float16).astype(np.float32))
+        return self.scale[sl], self.offset[sl]
+
+
+def _exact_half(a: np.ndarray):
+    """a float32 as float16 bits (uint16) when float16 holds every value exactly, else None."""
+    h = a.astype(np.float16)
+    return h.view(np.uint16) if np.array_equal(h.astype(np.float32), a) else None
 
 
 def repack(fmt, raw: np.ndarray) -> PackedMatrix:
@@ -259,5 +280,8 @@ def packed_matmul(kind, q, scale, offset, x, out):
 
 def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out (T, n_rows) = x (T, n_cols) @ W.T."""
+    if pm.dot is not None and pm.dot.scale16:      # float16 scales: only the VNNI kernels take them
+        vnni.matmul_vnni(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
+        return out
     packed_matmul(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
     return out

@@ -15,6 +15,11 @@ the larger matrices, ~1.4x dequantizing to float32 and calling sgemm (a 9728x896
 An empty inline asm hides from LLVM that the four row octets of a tile read the same activation bytes:
 otherwise it keeps all 8*TT broadcasts live at once and spills them (1233 stack accesses in the kernel).
 
+Scales and offsets (per 32 rows x block) are read as float16 bits where float16 holds all of a matrix's
+exactly (the legacy formats' d and m are float16 in the file; the K-quants' d * sc products are not):
+the kind's SCALE16 bit, uint16 arrays converted in the kernel (vcvtph2ps). Results are bit-identical to
+float32 scales, and Qwen2.5-0.5B's decode reads 415 MB instead of 439 MB a token.
+
 The vectors are 256-bit (AVX512VL forms): Zen 4 runs 512-bit ones as two halves, and the layout's
 octets are 32 bytes. Chosen where llvmlite reports avx512vnni and avx512vl and LLVM takes the VNNI
 intrinsics' byte-vector operands (LLVM >= 22; older releases declared them on int32 vectors), unless
@@ -32,7 +37,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from . import avx2
-from .avx2 import BLOCK, NIB5, NIBBLES, ROWS, S8, U8_63, _splat, _vload, _x86, kind_mode_lo, quantize_activation
+from .avx2 import (BLOCK, NIB5, NIB6, NIBBLES, OCTET_BYTES, ROWS, S8, _splat, _vload, _x86, high_bits, high_vectors,
+                   kind_mode_lo, quantize_activation)
 
 
 def _host_has_vnni() -> bool:
@@ -48,6 +54,9 @@ def _host_has_vnni() -> bool:
 
 AVAILABLE = avx2.AVAILABLE and _host_has_vnni()          # compiled only when True
 ENABLED = AVAILABLE and avx2.ENABLED and os.environ.get("LOCALLLM_KERNEL", "auto").lower() != "avx2"
+# Scales and offsets kept as float16 where that is exact (read when matrices are packed); LOCALLLM_SCALE16=0
+# keeps float32 (for A/B runs and the tests of both forms).
+SCALE16 = os.environ.get("LOCALLLM_SCALE16", "1") != "0"
 
 TT = 4                 # activation rows per prefill tile (weights unpacked once for all of them)
 T_CHUNK = 256           # activation rows per pass over the matrix (256 x K int8 codes: about one core's L2)
@@ -57,6 +66,8 @@ _I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _V32I8 = ir.VectorType(_I8, 32)
 _V8I32 = ir.VectorType(_I32, 8)
 _V8F = ir.VectorType(ir.FloatType(), 8)
+_V8I16 = ir.VectorType(ir.IntType(16), 8)
+_V8H = ir.VectorType(ir.HalfType(), 8)
 _FAST = ("fast",)
 
 
@@ -64,10 +75,11 @@ def _make_tile(tt: int):
     """The LLVM IR kernel for tt activation rows x one 32-row, 32-column block of a matrix.
 
     tile(mode, halves, q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc):
-    mode (NIBBLES, NIB5, U8_63, S8) and halves (scale groups per block: 1 or 2) pick one of the eight
+    mode (NIBBLES, NIB5, NIB6, S8) and halves (scale groups per block: 1 or 2) pick one of the eight
     bodies compiled into it (a switch; the values are the same for every block of a matrix),
     q uint8 (the layout's bytes, block at qat), xq int8 (row t of the tile at xat + t*xstride),
-    scale/offset float32 (this block's first group of row 0 at sat/oat, halves 32 apart, octets 8),
+    scale/offset float32, or uint16 holding float16 (this block's first group of row 0 at sat/oat,
+    halves 32 apart, octets 8),
     dv float32 (tt,) activation scale d per row, cv int32 (2*tt,) code-shift correction per row and
     half (lo * sum(x_q)), xsv float32 (2*tt,) d * sum(x_q) per row and half (for offsets),
     acc float32 (tt, 32) += the block's contribution.
@@ -87,8 +99,13 @@ def _make_tile(tt: int):
             lo4 = ir.Constant(_V32I8, [15] * 32)
             sh4 = ir.Constant(_V32I8, [4] * 32)
             flip = ir.Constant(_V32I8, [-128] * 32)
-            bit4 = ir.Constant(_V32I8, [16] * 32)
             vdp = lambda acc, w, x: _x86(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I32, acc, w, x)
+            s16, o16 = (signature.args[i].dtype == types.uint16 for i in (7, 9))
+
+            def fvec(ptr, at, half):              # 8 scales (float32, or float16 bits widened: vcvtph2ps)
+                if half:
+                    return builder.fpext(builder.bitcast(_vload(builder, ptr, at, _V8I16, 1), _V8H), _V8F)
+                return _vload(builder, ptr, at, _V8F, 4)
 
             def scalar(ptr, at):
                 return builder.load(builder.gep(ptr, [c64(at)]), align=4)
@@ -104,39 +121,28 @@ def _make_tile(tt: int):
                 p = builder.bitcast(builder.gep(xb, [at]), _I32.as_pointer())
                 return builder.bitcast(_splat(builder, builder.load(p, align=1), _V8I32), _V32I8)
 
-            def codes(mode, octet_bytes, o):      # the octet's 8 u8 code vectors, vector i pairs with quad i
-                base = builder.add(qat64, c64(o * octet_bytes))
-                if mode in (NIBBLES, NIB5):
-                    ws = [_vload(builder, qp, builder.add(base, c64(32 * v)), _V32I8, 1) for v in range(4)]
-                    out = []
-                    if mode == NIB5:
-                        hv = builder.bitcast(_vload(builder, qp, builder.add(base, c64(128)), _V32I8, 1),
-                                             ir.VectorType(ir.IntType(16), 16))
-                    for v, w in enumerate(ws):
-                        pair = [builder.and_(w, lo4), builder.and_(builder.lshr(w, sh4), lo4)]
-                        if mode == NIB5:  # bit 4 of the codes of vector i = 2v + lo/hi is bit i of hv's bytes
-                            for h in range(2):
-                                i = 2 * v + h
-                                if i < 4:
-                                    s = builder.shl(hv, ir.Constant(hv.type, [4 - i] * 16))
-                                elif i > 4:
-                                    s = builder.lshr(hv, ir.Constant(hv.type, [i - 4] * 16))
-                                else:
-                                    s = hv
-                                pair[h] = builder.or_(pair[h], builder.and_(builder.bitcast(s, _V32I8), bit4))
-                        out += pair
-                    return out
-                ws = [_vload(builder, qp, builder.add(base, c64(32 * c)), _V32I8, 1) for c in range(8)]
-                return [builder.xor(w, flip) for w in ws] if mode == S8 else ws
+            def codes(mode, o):                   # the octet's 8 u8 code vectors, vector i pairs with quad i
+                base = builder.add(qat64, c64(o * OCTET_BYTES[mode]))
+                if mode == S8:
+                    ws = [_vload(builder, qp, builder.add(base, c64(32 * c)), _V32I8, 1) for c in range(8)]
+                    return [builder.xor(w, flip) for w in ws]
+                ws = [_vload(builder, qp, builder.add(base, c64(32 * v)), _V32I8, 1) for v in range(4)]
+                hvs = high_vectors(builder, mode, qp, base)
+                out = []
+                for v, w in enumerate(ws):
+                    pair = [builder.and_(w, lo4), builder.and_(builder.lshr(w, sh4), lo4)]
+                    if hvs:
+                        pair = [builder.or_(p, high_bits(builder, mode, hvs, 2 * v + h)) for h, p in enumerate(pair)]
+                    out += pair
+                return out
 
             def body(mode, halves, with_offsets):
-                octet_bytes = 160 if mode == NIB5 else (128 if mode == NIBBLES else 256)
                 quads_per_half = 8 // halves
                 for o in range(4):
-                    w = codes(mode, octet_bytes, o)
+                    w = codes(mode, o)
                     xb = opaque(xp) if tt > 1 else xp
-                    sv = [_vload(builder, sp, builder.add(sat64, c64(32 * h + 8 * o)), _V8F, 4) for h in range(halves)]
-                    ov = [_vload(builder, op, builder.add(oat64, c64(32 * h + 8 * o)), _V8F, 4)
+                    sv = [fvec(sp, builder.add(sat64, c64(32 * h + 8 * o)), s16) for h in range(halves)]
+                    ov = [fvec(op, builder.add(oat64, c64(32 * h + 8 * o)), o16)
                           for h in range(halves)] if with_offsets else []
                     for t in range(tt):
                         accp = builder.bitcast(builder.gep(ap, [c64(32 * t + 8 * o)]), _V8F.as_pointer())
@@ -161,7 +167,7 @@ def _make_tile(tt: int):
             key = builder.add(builder.mul(i64(a_mode), c64(2)), builder.sub(i64(a_halves), c64(1)))
             done = builder.append_basic_block("tile.done")
             switch = builder.switch(key, done)
-            for mode in (NIBBLES, NIB5, U8_63, S8):
+            for mode in (NIBBLES, NIB5, NIB6, S8):
                 for halves in (1, 2):
                     case = builder.append_basic_block(f"tile.m{mode}h{halves}")
                     switch.add_case(ir.Constant(_I64, 2 * mode + halves - 1), case)
@@ -184,7 +190,7 @@ def _make_tile(tt: int):
 @njit(cache=True, inline="always")
 def _corrections(mode, lo):
     """The code shift the kernel undoes with sum(x_q): lo for shifted modes, -128 for flipped Q8_0 codes."""
-    return -128 if mode == S8 else (lo if mode == NIB5 or mode == U8_63 else 0)
+    return -128 if mode == S8 else (lo if mode == NIB5 or mode == NIB6 else 0)
 
 
 if AVAILABLE:
