@@ -6,6 +6,9 @@ Measured on the project's 2-vCPU VMs, per parallel region of a decode step:
 - OMP_WAIT_POLICY=PASSIVE: ~20 µs under load, but 80-150 µs idle (futex wake-ups);
 - GOMP_SPINCOUNT=1000 (a ~1 µs spin, then sleep): as fast as spinning when idle (decode 10 ms per
   SmolLM2 token vs 33 ms passive) and 40-60 µs per region under load.
+  Longer spins measured again 2026-12-02 (tg128, 4 reps, SmolLM2 / Qwen2.5): GOMP_SPINCOUNT=20000 or
+  100000 gains 0-10 % on an idle machine, within the noise, but with one busy process beside it
+  20000 decodes SmolLM2 at 16 tokens/s against 67 for 1000.
 Users can still set any of these themselves.
 """
 import os
