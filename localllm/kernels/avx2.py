@@ -42,6 +42,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .entry import entry_point
+
 
 def _host_has_avx2() -> bool:
     try:
@@ -411,6 +413,7 @@ def matvec_int8dot(kind, q, scale, offset, x, out):
     matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out)
 
 
+@entry_point
 @njit(cache=True, parallel=True)
 def dequantize_int8dot(kind, q, scale, offset, out):
     """out (n_rows, K) float32 = the weights of a matrix in the int8-dot layout q (G, ..., 32) of `kind`,

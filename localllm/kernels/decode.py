@@ -25,6 +25,7 @@ from .quantized import dequantize_row_any
 from .avx2 import kind_is_scale16
 from .repacked import packed_matmul
 from .vnni import matmul_vnni
+from .entry import entry_point
 
 Q, K, V, O, GATE, UP, DOWN = range(7)   # slots; Q holds q|k|v and GATE gate|up when stacked
 PARALLEL_ATTENTION_FROM = 512           # cache length from which decode attention uses the pool
@@ -52,6 +53,7 @@ def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
         out[0, j] += bbuf[mt[i, B_AT] + j]
 
 
+@entry_point
 @njit(cache=True)
 def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf, bbuf, attn_norm, q_norm,
                  k_norm, post_attn_norm, ffn_norm, post_ffw_norm, out_norm, head, kc, vc, cos, sin,

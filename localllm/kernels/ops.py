@@ -10,6 +10,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .entry import entry_point
+
 
 @njit(cache=True, fastmath=True)
 def rmsnorm(x, w, eps, out):
@@ -24,6 +26,7 @@ def rmsnorm(x, w, eps, out):
             out[i, j] = x[i, j] * scale * w[j]
 
 
+@entry_point
 @njit(cache=True)
 def rope_tables(n_pos, n_rot, base, freq_factors, scale):
     """cos, sin (n_pos, n_rot // 2) for positions 0..n_pos-1: angle p * scale * base^(-2i/n_rot) / factor_i."""
@@ -146,6 +149,7 @@ def gelu_tanh_mul(gate, up, out):
         _gelu_tanh_mul_row(gate, up, out, i)
 
 
+@entry_point
 @njit(cache=True, parallel=True, fastmath=True)
 def silu_mul_rows(gate, up, out):
     """`silu_mul` with rows split across threads (prefill batches)."""
@@ -153,6 +157,7 @@ def silu_mul_rows(gate, up, out):
         _silu_mul_row(gate, up, out, i)
 
 
+@entry_point
 @njit(cache=True, parallel=True, fastmath=True)
 def gelu_tanh_mul_rows(gate, up, out):
     """`gelu_tanh_mul` with rows split across threads (prefill batches)."""

@@ -14,6 +14,7 @@ from ..quants.legacy import (dequantize_row_q4_0, dequantize_row_q4_1, dequantiz
                              dequantize_row_q5_1, dequantize_row_q8_0)
 from ..quants.kquants import (dequantize_row_q2_k, dequantize_row_q3_k, dequantize_row_q4_k,
                               dequantize_row_q5_k, dequantize_row_q6_k)
+from .entry import entry_point
 
 ROWS_PER_TASK = 16  # rows one thread handles per step: enough work to amortise the row buffer
 
@@ -51,6 +52,7 @@ def dequantize_row_any(type_id, raw, out):
         raise ValueError("ggml type has no kernel")
 
 
+@entry_point
 @njit(cache=True, parallel=True)
 def dequantize_rows(type_id, w, out):
     """w uint8 (n_rows, row_bytes) -> out float32 (n_rows, n_cols)."""
@@ -58,6 +60,7 @@ def dequantize_rows(type_id, w, out):
         dequantize_row_any(type_id, w[r], out[r])
 
 
+@entry_point
 @njit(cache=True)
 def gather_rows(type_id, w, ids, out):
     """Embedding lookup: out[i] = dequantized row ids[i] of w; out float32 (len(ids), n_cols)."""
@@ -65,6 +68,7 @@ def gather_rows(type_id, w, ids, out):
         dequantize_row_any(type_id, w[ids[i]], out[i])
 
 
+@entry_point
 @njit(cache=True, parallel=True, fastmath=True)
 def matvec(type_id, w, x, out):
     """out (n_rows,) = W (n_rows, n_cols, quantized rows) @ x (n_cols,)."""
@@ -80,6 +84,7 @@ def matvec(type_id, w, x, out):
             out[r] = acc
 
 
+@entry_point
 @njit(cache=True, parallel=True, fastmath=True)
 def matmul_small(type_id, w, x, out):
     """out (T, n_rows) = x (T, n_cols) @ W.T for a few rows of activations (T small): each weight row

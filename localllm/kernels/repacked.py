@@ -20,6 +20,7 @@ from numba import njit, prange
 
 from . import avx2, vnni
 from .simd import LANES, fma_int8x32, fma_nibbles32
+from .entry import entry_point
 
 R = LANES       # rows interleaved per group: one 32-lane vector step of the simd intrinsics
 T_TILE = 32     # activation rows per pass over a row group (weights unpacked once per tile)
@@ -232,6 +233,7 @@ def matmul_int8(q, scale, offset, x, xsum, out):
                     out[t0 + t, r0 + r] = acc[t, r]
 
 
+@entry_point
 @njit(cache=True, parallel=True)
 def dequantize_packed(q, scale, offset, nibbles, out):
     """out (n_rows, K) float32 = the weights of a packed matrix (for the BLAS prefill path)."""
@@ -278,10 +280,24 @@ def packed_matmul(kind, q, scale, offset, x, out):
         matmul_int8(q.view(np.int8), scale, offset, x, xsum, out)
 
 
+@entry_point
+@njit(cache=True)
+def _packed_matmul_py(kind, q, scale, offset, x, out):
+    """`packed_matmul` as Python calls it (packed_matmul itself is also called from decode_token)."""
+    packed_matmul(kind, q, scale, offset, x, out)
+
+
+@entry_point
+@njit(cache=True)
+def _matmul_vnni_py(kind, q, scale, offset, x, out):
+    """`vnni.matmul_vnni` as Python calls it."""
+    vnni.matmul_vnni(kind, q, scale, offset, x, out)
+
+
 def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out (T, n_rows) = x (T, n_cols) @ W.T."""
     if pm.dot is not None and pm.dot.scale16:      # float16 scales: only the VNNI kernels take them
-        vnni.matmul_vnni(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
+        _matmul_vnni_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
         return out
-    packed_matmul(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
+    _packed_matmul_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
     return out
