@@ -1,0 +1,112 @@
+"""What keeps a fresh process quick to its first token: entry-point kernels cached without their bitcode,
+the vocabulary read from the GGUF in one pass, Numba's BLAS probe kept from importing scipy.linalg."""
+from __future__ import annotations
+
+import ast
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numba import njit
+
+import localllm.kernels as kernels_pkg
+from localllm.ggufio import _Cursor
+from localllm.kernels.entry import _EntryCache, _EntryImpl, entry_point
+
+
+def _entry_names() -> set[str]:
+    """Names of the functions decorated with @entry_point in localllm.kernels."""
+    names = set()
+    for path in Path(kernels_pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                    isinstance(d, ast.Name) and d.id == "entry_point" for d in node.decorator_list):
+                names.add(node.name)
+    return names
+
+
+def _is_njit(dec: ast.expr) -> bool:
+    f = dec.func if isinstance(dec, ast.Call) else dec
+    return (isinstance(f, ast.Name) and f.id == "njit") or (isinstance(f, ast.Attribute) and f.attr == "njit")
+
+
+def test_entry_points_are_never_called_from_jitted_code():
+    """An entry point's cache holds no bitcode to link, so no @njit function may call one."""
+    entries = _entry_names()
+    assert {"decode_token", "gather_rows", "_matmul_vnni_py", "_packed_matmul_py"} <= entries
+    root = Path(kernels_pkg.__file__).parent.parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(_is_njit(d) for d in node.decorator_list):
+                for call in ast.walk(node):
+                    if isinstance(call, ast.Call):
+                        f = call.func
+                        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+                        assert name not in entries, f"{path.name}:{node.name} calls entry point {name}"
+
+
+def test_entry_point_cache_stores_machine_code_and_a_stub():
+    @njit
+    def axpy(a, x, y):           # (n,) float32
+        for i in range(x.shape[0]):
+            y[i] += a * x[i]
+
+    x, y = np.arange(4, dtype=np.float32), np.ones(4, np.float32)
+    axpy(2.0, x, y)
+    cres = next(iter(axpy.overloads.values()))
+    impl = _EntryImpl(axpy.py_func)
+    (name, kind, (obj, bitcode)), *_ = impl.reduce(cres)
+    _, _, (_, full_bitcode) = cres._reduce()[0]
+    assert kind == "object" and len(obj) > 0
+    import llvmlite.binding as ll
+    defined = [fn.name for fn in ll.parse_bitcode(bitcode).functions if not fn.is_declaration]
+    assert defined == [cres.fndesc.llvm_cpython_wrapper_name]
+    assert len(bitcode) < 4096 and len(full_bitcode) > 2 * len(bitcode)
+    rebuilt = impl.rebuild(axpy.targetctx, impl.reduce(cres))   # as a later process loads it
+    y2 = np.ones(4, np.float32)
+    rebuilt.entry_point(2.0, x, y2)
+    np.testing.assert_array_equal(y2, 1 + 2 * x)
+
+
+def test_entry_point_swaps_only_a_cache():
+    d = entry_point(njit(cache=True)(lambda x: x + 1))
+    assert isinstance(d._cache, _EntryCache)
+    plain = entry_point(njit(lambda x: x + 1))
+    assert not isinstance(plain._cache, _EntryCache)
+
+
+def _strings_blob(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<Q", len(s)) + s for s in items)
+
+
+@pytest.mark.parametrize("items", [
+    [b"hello", b"", "▁wörld".encode(), "中文".encode(), b"", b"x" * 300],        # fast path
+    [b"a\x00b", b"c", b""],                                                    # NUL inside a string
+    [b"ok", b"\xff\xfe", b"end"],                                             # invalid UTF-8
+])
+def test_gguf_string_arrays(items):
+    blob = b"junk" + _strings_blob(items) + b"tail"
+    cur = _Cursor(memoryview(blob))
+    cur.pos = 4
+    out = cur._strings(len(items))
+    assert out == [s.decode("utf-8", "replace") for s in items]
+    assert blob[cur.pos:] == b"tail"
+
+
+def test_gguf_string_array_overrun_is_eof():
+    blob = _strings_blob([b"abc"])[:-1]
+    with pytest.raises(EOFError):
+        _Cursor(memoryview(blob))._strings(1)
+    with pytest.raises(EOFError):
+        _Cursor(memoryview(struct.pack("<Q", 1 << 60)))._strings(1)
+
+
+def test_kernels_import_without_scipy_linalg():
+    """Importing the kernels leaves scipy.linalg unimported (Numba's BLAS probe would take 0.26 s)."""
+    code = ("import sys, localllm.kernels.decode; "
+            "print('scipy.linalg' in sys.modules, 'numba.np.arraymath' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert r.stdout.split() == ["False", "True"]
