@@ -97,12 +97,16 @@ if n_gen:
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 out["cold_start_s"] = None
 if cfg["cold_start"]:
-    code = ("import sys; from llama_cpp import Llama; "
+    # time to first token of a short chat prompt in a fresh process, as localllm.bench.cold_start_s
+    code = ("import os, sys; from llama_cpp import Llama; "
             f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False); "
-            "llm.create_completion('Hi', max_tokens=1, temperature=0)")
+            "next(llm.create_chat_completion([{'role': 'user', 'content': 'Why is the sky blue?'}], "
+            "max_tokens=1, temperature=0, stream=True)); print('first token', flush=True); os._exit(0)")
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, cfg["model"]], check=True, capture_output=True)
-    out["cold_start_s"] = time.perf_counter() - t
+    with subprocess.Popen([sys.executable, "-c", code, cfg["model"]], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as p:
+        line = p.stdout.readline()
+        out["cold_start_s"] = time.perf_counter() - t if line else None
 print(json.dumps(out))
 """
 
@@ -213,7 +217,7 @@ def format_report(report: dict) -> str:
                   f"{m['decode_limit_tps']:.0f} t/s (the GGUF's bytes; localllm's repacked weights: "
                   f"{ours.get('decode_weight_bytes', 0) / 1e6:.1f} MB)",
                   f"load: localllm {_secs(ours, 'load_s')}, llama.cpp {_secs(ref, 'load_s')}; "
-                  f"cold start: localllm {_secs(ours, 'cold_start_s')}, llama.cpp {_secs(ref, 'cold_start_s')}; "
+                  f"cold start to first token: localllm {_secs(ours, 'cold_start_s')}, llama.cpp {_secs(ref, 'cold_start_s')}; "
                   f"peak RSS: localllm {ours['peak_rss_mb']:.0f} MiB, "
                   f"llama.cpp {'n/a' if not ref else format(ref['peak_rss_mb'], '.0f') + ' MiB'}"]
         if m.get("llama_cpp_error"):

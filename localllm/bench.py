@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-_COLD_START = ("import localllm, sys; llm = localllm.load(sys.argv[1], n_threads={threads}); "
-               "llm.generate('Hi', max_tokens=1, temperature=0)")
+_COLD_START = ("import os, sys, localllm; llm = localllm.load(sys.argv[1], n_threads={threads}); "
+               "q = 'Why is the sky blue?'; "
+               "next(llm.chat([{{'role': 'user', 'content': q}}], stream=True, max_tokens=1, temperature=0) "
+               "if llm.metadata.get('tokenizer.chat_template') else llm.stream(q, max_tokens=1, temperature=0)); "
+               "print('first token', flush=True); os._exit(0)")
 
 
 def _n_vocab(llm) -> int:
@@ -71,16 +74,28 @@ def _mean_sd(rates: list[float]) -> tuple[float, float]:
 
 
 def cold_start_s(model_path: str | os.PathLike, n_threads: int | None = None) -> float:
-    """Wall time of a fresh `python -c` that imports localllm, loads the model and generates one token.
+    """Time to first token in a fresh process: `python -c` that imports localllm, loads the model and
+    streams the reply to a short chat prompt, timed from the start of the process until it reports the
+    first token (what a user waits for on `localllm run MODEL "..."`).
 
     It includes interpreter start-up, imports and loading Numba's cached kernels (the JIT cache is warm
-    once anything has run in this environment), which is what a user waits for on `localllm run`.
+    once anything has run in this environment), not the process's exit.
     """
-    code = _COLD_START.format(threads=repr(n_threads))
+    return time_to_first_line([sys.executable, "-c", _COLD_START.format(threads=repr(n_threads)),
+                               os.fspath(model_path)])
+
+
+def time_to_first_line(cmd: list[str]) -> float:
+    """Seconds from starting `cmd` until it prints its first line; raises RuntimeError if it fails."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, os.fspath(model_path)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - t0
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        line = p.stdout.readline()
+        t = time.perf_counter() - t0
+        _, err = p.communicate()
+    if p.returncode != 0 or not line:
+        why = err.strip().splitlines()[-1] if err.strip() else f"exit status {p.returncode}"
+        raise RuntimeError(f"cold-start process failed: {why}")
+    return t
 
 
 def _peak_rss_mb() -> float:
@@ -193,6 +208,6 @@ def format_table(results: dict | list[dict]) -> str:
 def format_summary(result: dict) -> str:
     """The figures the table leaves out: load, cold start, peak RSS."""
     cold = result.get("cold_start_s")
-    return (f"load {result['load_s']:.2f} s, cold start "
+    return (f"load {result['load_s']:.2f} s, cold start (fresh process to first token) "
             f"{'n/a' if cold is None else f'{cold:.2f} s'}, peak RSS {result['peak_rss_mb']:.0f} MiB "
             f"({Path(result['path']).name}, {result['reps']} reps)")
