@@ -217,7 +217,8 @@ def format_report(report: dict) -> str:
                   f"{m['decode_limit_tps']:.0f} t/s (the GGUF's bytes; localllm's repacked weights: "
                   f"{ours.get('decode_weight_bytes', 0) / 1e6:.1f} MB)",
                   f"load: localllm {_secs(ours, 'load_s')}, llama.cpp {_secs(ref, 'load_s')}; "
-                  f"cold start to first token: localllm {_secs(ours, 'cold_start_s')}, llama.cpp {_secs(ref, 'cold_start_s')}; "
+                  f"cold start to first token: localllm {_secs(ours, 'cold_start_s')}, "
+                  f"llama.cpp {_secs(ref, 'cold_start_s')}; "
                   f"peak RSS: localllm {ours['peak_rss_mb']:.0f} MiB, "
                   f"llama.cpp {'n/a' if not ref else format(ref['peak_rss_mb'], '.0f') + ' MiB'}"]
         if m.get("llama_cpp_error"):

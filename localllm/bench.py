@@ -19,8 +19,9 @@ import numpy as np
 
 _COLD_START = ("import os, sys, localllm; llm = localllm.load(sys.argv[1], n_threads={threads}); "
                "q = 'Why is the sky blue?'; "
+               "from localllm.chat_template import template_for; "
                "next(llm.chat([{{'role': 'user', 'content': q}}], stream=True, max_tokens=1, temperature=0) "
-               "if llm.metadata.get('tokenizer.chat_template') else llm.stream(q, max_tokens=1, temperature=0)); "
+               "if template_for(llm.metadata) else llm.stream(q, max_tokens=1, temperature=0)); "
                "print('first token', flush=True); os._exit(0)")
 
 
@@ -81,11 +82,11 @@ def cold_start_s(model_path: str | os.PathLike, n_threads: int | None = None) ->
     It includes interpreter start-up, imports and loading Numba's cached kernels (the JIT cache is warm
     once anything has run in this environment), not the process's exit.
     """
-    return time_to_first_line([sys.executable, "-c", _COLD_START.format(threads=repr(n_threads)),
-                               os.fspath(model_path)])
+    return _time_to_first_line([sys.executable, "-c", _COLD_START.format(threads=repr(n_threads)),
+                                os.fspath(model_path)])
 
 
-def time_to_first_line(cmd: list[str]) -> float:
+def _time_to_first_line(cmd: list[str]) -> float:
     """Seconds from starting `cmd` until it prints its first line; raises RuntimeError if it fails."""
     t0 = time.perf_counter()
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
