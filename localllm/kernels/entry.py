@@ -34,6 +34,6 @@ class _EntryCache(FunctionCache):
 
 def entry_point(dispatcher):
     """Mark a `@njit(cache=True)` dispatcher as called from Python only (see the module docstring)."""
-    if getattr(dispatcher, "_cache", None) is not None and isinstance(dispatcher._cache, FunctionCache):
+    if isinstance(getattr(dispatcher, "_cache", None), FunctionCache):
         dispatcher._cache = _EntryCache(dispatcher.py_func)
     return dispatcher

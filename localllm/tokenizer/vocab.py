@@ -26,9 +26,9 @@ class TokenAttr:
     BYTE = 1 << 5
 
 
-# tokenizer.ggml.token_type values -> attributes
-_TYPE_TO_ATTR = {1: TokenAttr.NORMAL, 2: TokenAttr.UNKNOWN, 3: TokenAttr.CONTROL,
-                 4: TokenAttr.USER_DEFINED, 5: TokenAttr.UNUSED, 6: TokenAttr.BYTE}
+# tokenizer.ggml.token_type value (the index) -> attributes; values outside it are UNDEFINED
+_ATTR_OF_TYPE = np.array([TokenAttr.UNDEFINED, TokenAttr.NORMAL, TokenAttr.UNKNOWN, TokenAttr.CONTROL,
+                          TokenAttr.USER_DEFINED, TokenAttr.UNUSED, TokenAttr.BYTE], np.int64)
 
 # Token texts that llama.cpp treats as end of generation (and forces to CONTROL).
 EOG_TEXTS = frozenset({
@@ -93,12 +93,9 @@ class Vocab:
             tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         n = len(tokens)
         types = meta.get("tokenizer.ggml.token_type")
-        if types is not None:   # token types -> attribute bits through a lookup table
-            table = np.zeros(max(_TYPE_TO_ATTR) + 2, np.int64)
-            for t, a in _TYPE_TO_ATTR.items():
-                table[t] = a
+        if types is not None:
             types = np.asarray(types[:n], np.int64)
-            attrs = table[np.where((types >= 0) & (types < len(table)), types, 0)].tolist()
+            attrs = _ATTR_OF_TYPE[np.where((types >= 0) & (types < len(_ATTR_OF_TYPE)), types, 0)].tolist()
         else:
             attrs = [TokenAttr.NORMAL] * n
         raw_scores = meta.get("tokenizer.ggml.scores")
