@@ -82,8 +82,9 @@ class _Cursor:
 
     def _strings(self, n: int) -> list[str]:
         """n length-prefixed UTF-8 strings (a vocabulary: 151k for Qwen2.5). One pass finds where each
-        starts; the run is then decoded at once and split on its length prefixes, zeroed: 40 ms instead
-        of 150 for Qwen2.5's tokens. A run with NUL bytes or invalid UTF-8 in it is decoded one by one."""
+        starts; the run is then decoded at once and split on its length prefixes, zeroed (Qwen2.5's whole
+        header: 0.13-0.15 s instead of 0.18-0.19). A run with NUL bytes or invalid UTF-8 in it is decoded
+        one by one."""
         buf, start, end = self.buf, self.pos, len(self.buf)
         unpack, pos, prefix_at = struct.unpack_from, start, [0] * n
         for i in range(n):
