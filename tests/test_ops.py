@@ -1,9 +1,31 @@
 """Transformer ops against plain NumPy."""
 import numpy as np
 import pytest
+from numba import njit
 
 from localllm.kernels.ops import (attention, attention_blas, attention_serial, gelu_tanh_mul, gelu_tanh_mul_rows,
                                   rmsnorm, rope, rope_tables, silu_mul, silu_mul_rows)
+from localllm.kernels.simd import exp_f32
+
+
+@njit(fastmath=True, error_model="numpy")
+def _exp_all(x, out):
+    for i in range(x.size):
+        out[i] = exp_f32(x[i])
+
+
+def test_exp_f32_against_numpy():
+    x = np.concatenate([np.linspace(-87, 88, 400_001), [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    out = np.empty_like(x)
+    _exp_all(x, out)
+    ref = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(out - ref) / ref) < 2e-7
+    # outside [-87, 88] it clamps: finite, positive and normal, never inf, NaN or a denormal
+    far = np.array([-1e30, -200.0, -88.0, 89.0, 1e30], np.float32)
+    out = np.empty_like(far)
+    _exp_all(far, out)
+    assert np.all(np.isfinite(out)) and np.all(out >= np.finfo(np.float32).tiny)
+    np.testing.assert_allclose(out, np.exp(np.clip(far.astype(np.float64), -87, 88)), rtol=2e-7)
 
 
 def _attention_ref(q, kc, vc, pos0, scale, window):

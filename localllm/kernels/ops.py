@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .entry import entry_point
+from .simd import exp_f32
 
 
 @njit(cache=True, fastmath=True)
@@ -64,85 +65,98 @@ def rope(x, pos0, cos, sin, neox):
             x[t, h, b] = x0 * s + x1 * c
 
 
-@njit(cache=True, fastmath=True, inline="always")
-def _attend_one(q, k_cache, v_cache, pos0, scale, window, out, t, h, group):
-    """One query (token t, head h) over its visible cache positions, into out[t, h]."""
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _attend_heads(q, k_cache, v_cache, pos0, scale, window, out, t, kvh, h0, h1):
+    """Queries of token t, heads h0..h1-1 (all reading KV head kvh), over their visible cache positions,
+    into out[t, h0:h1]. Each key and value row is read once for all of those heads."""
     hd, hd_v = q.shape[2], v_cache.shape[2]
-    kvh = h // group
     p = pos0 + t
     start = 0 if window <= 0 else max(0, p - window + 1)
     n = p + 1 - start
-    scores = np.empty(n, np.float32)  # (n,) this query's scores
-    best = -np.inf
+    s = np.empty((h1 - h0, n), np.float32)   # (heads, n) scores, then weights
+    acc = np.empty(hd_v, np.float32)
     for j in range(n):
-        acc = np.float32(0.0)
-        for d in range(hd):
-            acc += q[t, h, d] * k_cache[kvh, start + j, d]
-        acc *= scale
-        scores[j] = acc
-        best = max(best, acc)
-    total = np.float32(0.0)
-    for j in range(n):
-        e = np.float32(math.exp(scores[j] - best))
-        scores[j] = e
-        total += e
-    inv = np.float32(1.0) / total
-    for d in range(hd_v):
-        out[t, h, d] = 0.0
-    for j in range(n):
-        wgt = scores[j] * inv
+        for g in range(h1 - h0):
+            a = np.float32(0.0)
+            for d in range(hd):
+                a += q[t, h0 + g, d] * k_cache[kvh, start + j, d]
+            s[g, j] = a * scale
+    for g in range(h1 - h0):
+        best = np.float32(-np.inf)
+        for j in range(n):
+            best = max(best, s[g, j])
+        total = np.float32(0.0)
+        for j in range(n):
+            e = exp_f32(s[g, j] - best)
+            s[g, j] = e
+            total += e
+        inv = np.float32(1.0) / total
+        acc[:] = 0.0
+        for j in range(n):
+            w = s[g, j] * inv
+            for d in range(hd_v):
+                acc[d] += w * v_cache[kvh, start + j, d]
         for d in range(hd_v):
-            out[t, h, d] += wgt * v_cache[kvh, start + j, d]
+            out[t, h0 + g, d] = acc[d]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def attention(q, k_cache, v_cache, pos0, scale, window, out):
     """Causal grouped-query attention of T new tokens at positions pos0.. over the cache.
 
     q (T, Hq, hd); k_cache (Hkv, n_ctx, hd) and v_cache (Hkv, n_ctx, hd_v) already hold positions
     0..pos0+T-1; out (T, Hq, hd_v). window > 0 limits each query to its last `window` positions.
+    Work items are (token, KV head, slice of its query heads): the group is sliced only when there
+    are too few (token, KV head) pairs to keep the threads busy (decode, few KV heads).
     """
     t_n, hq_n = q.shape[0], q.shape[1]
-    group = hq_n // k_cache.shape[0]
-    for th in prange(t_n * hq_n):
-        _attend_one(q, k_cache, v_cache, pos0, scale, window, out, th // hq_n, th % hq_n, group)
+    hkv = k_cache.shape[0]
+    group = hq_n // hkv
+    split = min(group, max(1, 8 // (t_n * hkv)))
+    for u in prange(t_n * hkv * split):
+        t, r = u // (hkv * split), u % (hkv * split)
+        kvh, c = r // split, r % split
+        h0 = kvh * group
+        _attend_heads(q, k_cache, v_cache, pos0, scale, window, out, t, kvh,
+                      h0 + c * group // split, h0 + (c + 1) * group // split)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def attention_serial(q, k_cache, v_cache, pos0, scale, window, out):
     """`attention` on the calling thread: for decode over a short context, cheaper than waking the pool."""
     t_n, hq_n = q.shape[0], q.shape[1]
-    group = hq_n // k_cache.shape[0]
-    for th in range(t_n * hq_n):
-        _attend_one(q, k_cache, v_cache, pos0, scale, window, out, th // hq_n, th % hq_n, group)
+    hkv = k_cache.shape[0]
+    group = hq_n // hkv
+    for t in range(t_n):
+        for kvh in range(hkv):
+            _attend_heads(q, k_cache, v_cache, pos0, scale, window, out, t, kvh, kvh * group, (kvh + 1) * group)
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _silu_mul_row(gate, up, out, i):
     for j in range(gate.shape[1]):
         g = gate[i, j]
-        out[i, j] = g / (np.float32(1.0) + np.exp(min(-g, np.float32(80.0)))) * up[i, j]
+        out[i, j] = g / (np.float32(1.0) + exp_f32(-g)) * up[i, j]
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _gelu_tanh_mul_row(gate, up, out, i):
-    # 0.5 g (1 + tanh(u)) = g / (1 + exp(-2u)): one exp instead of a tanh (3x cheaper without SVML);
-    # the exponent is clamped because fastmath code may not meet an infinity
+    # 0.5 g (1 + tanh(u)) = g / (1 + exp(-2u)): one exp instead of a tanh (exp_f32 clamps its argument,
+    # so fastmath code never meets an infinity)
     c = np.float32(2.0 * math.sqrt(2.0 / math.pi))
     for j in range(gate.shape[1]):
         g = gate[i, j]
-        z = min(max(-c * (g + np.float32(0.044715) * g * g * g), np.float32(-80.0)), np.float32(80.0))
-        out[i, j] = g / (np.float32(1.0) + np.exp(z)) * up[i, j]
+        out[i, j] = g / (np.float32(1.0) + exp_f32(-c * (g + np.float32(0.044715) * g * g * g))) * up[i, j]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def silu_mul(gate, up, out):
     """out (T, F) = silu(gate) * up, on the calling thread (decode)."""
     for i in range(gate.shape[0]):
         _silu_mul_row(gate, up, out, i)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def gelu_tanh_mul(gate, up, out):
     """out (T, F) = gelu_tanh(gate) * up (GELU with the tanh approximation, as ggml_gelu), serial."""
     for i in range(gate.shape[0]):
@@ -150,7 +164,7 @@ def gelu_tanh_mul(gate, up, out):
 
 
 @entry_point
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def silu_mul_rows(gate, up, out):
     """`silu_mul` with rows split across threads (prefill batches)."""
     for i in prange(gate.shape[0]):
@@ -158,7 +172,7 @@ def silu_mul_rows(gate, up, out):
 
 
 @entry_point
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def gelu_tanh_mul_rows(gate, up, out):
     """`gelu_tanh_mul` with rows split across threads (prefill batches)."""
     for i in prange(gate.shape[0]):
@@ -180,7 +194,7 @@ def _softmax_causal_row(s, i, t_n, pos0, start, window, scale):
         best = max(best, s[i, j])
     total = np.float32(0.0)
     for j in range(lo, hi):
-        e = np.float32(math.exp(s[i, j] - best))
+        e = exp_f32(s[i, j] - best)
         s[i, j] = e
         total += e
     inv = np.float32(1.0) / total

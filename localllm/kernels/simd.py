@@ -7,8 +7,9 @@ LLVM lowers the vector types for whatever CPU it targets (SSE, AVX2, AVX-512), s
 """
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 LANES = 32            # one call handles the 32 interleaved rows of a row group
@@ -64,3 +65,33 @@ def fma_int8x32(typingctx, q, at, acc, x):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def f32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the int32 `bits` (a bitcast: free, and vectorises in loops)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(fastmath=True, inline="always")
+def exp_f32(x):
+    """e**x in float32 (relative error under 2e-7 on [-87, 88]; clamped there, so never inf, NaN or a
+    denormal). Without SVML, Numba calls libm's expf once per element; this plain arithmetic lets a
+    loop over it vectorise (silu/gelu over 4864 values: ~10x faster). Cephes' expf: x = k ln2 + r,
+    |r| <= ln2/2, e**r by a degree-7 polynomial, 2**k built in the exponent bits."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    k = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * f32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
