@@ -157,3 +157,31 @@ def test_compare_report_without_llama_cpp(result, tiny_model):
     assert "| pp16 " in text and "| tg4 " in text and "n/a" in text
     assert "% of limit" in text
     assert f"localllm's repacked weights: {result['decode_weight_bytes'] / 1e6:.1f} MB" in text
+
+
+def test_cold_start_times_a_second_launch_with_bytecode_cache_allowed(monkeypatch, tmp_path):
+    """Python's .pyc files are what an installed package starts from, whatever the parent's setting."""
+    import localllm.bench as bench
+
+    launches = []
+
+    class FakePopen:
+        def __init__(self, cmd, env=None, **kw):
+            launches.append((cmd, env))
+            self.returncode = 0
+            self.stdout = type("S", (), {"readline": lambda self: "first token\n"})()
+
+        def communicate(self):
+            return "", ""
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setattr(bench.subprocess, "Popen", FakePopen)
+    assert bench.cold_start_s(tmp_path / "m.gguf") >= 0
+    assert len(launches) == 2 and launches[0][0] == launches[1][0]
+    assert all("PYTHONDONTWRITEBYTECODE" not in env and "PATH" in env for _, env in launches)

@@ -42,7 +42,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .entry import entry_point
+from .entry import entry_point, lean_caches
 
 
 def _host_has_avx2() -> bool:
@@ -464,3 +464,6 @@ def dequantize_int8dot(kind, q, scale, offset, out):
                 else:
                     for k in range(grp * gs, (grp + 1) * gs):
                         row[k] = sc * row[k]
+
+
+lean_caches(globals())

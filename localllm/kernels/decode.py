@@ -25,7 +25,7 @@ from .quantized import dequantize_row_any
 from .avx2 import kind_is_scale16
 from .repacked import packed_matmul
 from .vnni import matmul_vnni
-from .entry import entry_point
+from .entry import entry_point, lean_caches
 
 Q, K, V, O, GATE, UP, DOWN = range(7)   # slots; Q holds q|k|v and GATE gate|up when stacked
 PARALLEL_ATTENTION_FROM = 512           # cache length from which decode attention uses the pool
@@ -318,3 +318,6 @@ class FusedDecoder:
         self.q_norm, self.k_norm = stack(q_norm), stack(k_norm)                    # (n_layer, hd) or (0, 0)
         self.post_attn_norm, self.post_ffw_norm = stack(post_attn_norm), stack(post_ffw_norm)
         return self
+
+
+lean_caches(globals())

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .entry import entry_point
+from .entry import entry_point, lean_caches
 from .simd import exp_f32
 
 
@@ -270,3 +270,6 @@ def attend(q, k_cache, v_cache, pos0, scale, window, out):
         attention_blas(q, k_cache, v_cache, pos0, scale, window, out)
     else:
         attention(q, k_cache, v_cache, pos0, scale, window, out)
+
+
+lean_caches(globals())

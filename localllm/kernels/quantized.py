@@ -14,7 +14,7 @@ from ..quants.legacy import (dequantize_row_q4_0, dequantize_row_q4_1, dequantiz
                              dequantize_row_q5_1, dequantize_row_q8_0)
 from ..quants.kquants import (dequantize_row_q2_k, dequantize_row_q3_k, dequantize_row_q4_k,
                               dequantize_row_q5_k, dequantize_row_q6_k)
-from .entry import entry_point
+from .entry import entry_point, lean_caches
 
 ROWS_PER_TASK = 16  # rows one thread handles per step: enough work to amortise the row buffer
 
@@ -108,3 +108,6 @@ def matmul_reference(type_id: int, w: np.ndarray, x: np.ndarray) -> np.ndarray:
 
     wf = dequantize_reference(get_format(type_id), w).astype(np.float64)
     return (np.atleast_2d(x).astype(np.float64) @ wf.T).astype(np.float32)
+
+
+lean_caches(globals())

@@ -20,7 +20,7 @@ from numba import njit, prange
 
 from . import avx2, vnni
 from .simd import LANES, fma_int8x32, fma_nibbles32
-from .entry import entry_point
+from .entry import entry_point, lean_caches
 
 R = LANES       # rows interleaved per group: one 32-lane vector step of the simd intrinsics
 T_TILE = 32     # activation rows per pass over a row group (weights unpacked once per tile)
@@ -301,3 +301,6 @@ def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarra
         return out
     _packed_matmul_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
     return out
+
+
+lean_caches(globals())

@@ -39,6 +39,7 @@ from numba.extending import intrinsic
 from . import avx2
 from .avx2 import (BLOCK, NIB5, NIB6, NIBBLES, OCTET_BYTES, ROWS, S8, _splat, _vload, _x86, high_bits, high_vectors,
                    kind_mode_lo, quantize_activation)
+from .entry import lean_caches
 
 
 def _host_has_vnni() -> bool:
@@ -288,3 +289,6 @@ def matmul_vnni(kind, q, scale, offset, x, out):
     xqs = np.empty((t_n, k_n // 16), np.int32)
     quantize_rows(x, xq, xd, xqs)
     matmul_vnni_q(mode, lo, q, scale, offset, xq, xd, xqs, out)
+
+
+lean_caches(globals())

@@ -5,6 +5,7 @@ import numpy as np
 from numba import njit
 
 from . import QuantFormat, register
+from ..kernels.entry import lean_caches
 
 # float16 bits -> float32, exact for every value (NaN/inf included); numba freezes it as a constant.
 F16_TO_F32 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
@@ -53,3 +54,6 @@ def _ref_bf16(blocks):
 F32 = register(QuantFormat("F32", 0, 1, 4, dequantize_row_f32, _ref_f32))
 F16 = register(QuantFormat("F16", 1, 1, 2, dequantize_row_f16, _ref_f16))
 BF16 = register(QuantFormat("BF16", 30, 1, 2, dequantize_row_bf16, _ref_bf16))
+
+
+lean_caches(globals())

@@ -21,6 +21,7 @@ from numba import njit
 
 from . import QuantFormat, register
 from .floats import F16_TO_F32, f16_at
+from ..kernels.entry import lean_caches
 
 QK_K = 256
 
@@ -297,3 +298,6 @@ Q3_K = register(QuantFormat("Q3_K", 11, QK_K, Q3_K_SIZE, dequantize_row_q3_k, re
 Q4_K = register(QuantFormat("Q4_K", 12, QK_K, Q4_K_SIZE, dequantize_row_q4_k, reference_q4_k, codes_q4_k, (0, 15)))
 Q5_K = register(QuantFormat("Q5_K", 13, QK_K, Q5_K_SIZE, dequantize_row_q5_k, reference_q5_k, codes_q5_k, (0, 31)))
 Q6_K = register(QuantFormat("Q6_K", 14, QK_K, Q6_K_SIZE, dequantize_row_q6_k, reference_q6_k, codes_q6_k, (-32, 31)))
+
+
+lean_caches(globals())

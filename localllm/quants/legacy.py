@@ -13,6 +13,7 @@ from numba import njit
 
 from . import QuantFormat, register
 from .floats import f16_at
+from ..kernels.entry import lean_caches
 
 
 @njit(cache=True)
@@ -145,3 +146,6 @@ Q4_1 = register(QuantFormat("Q4_1", 3, 32, 20, dequantize_row_q4_1, _ref_q4_1, _
 Q5_0 = register(QuantFormat("Q5_0", 6, 32, 22, dequantize_row_q5_0, _ref_q5_0, _codes_q5_0, (-16, 15)))
 Q5_1 = register(QuantFormat("Q5_1", 7, 32, 24, dequantize_row_q5_1, _ref_q5_1, _codes_q5_1, (0, 31)))
 Q8_0 = register(QuantFormat("Q8_0", 8, 32, 34, dequantize_row_q8_0, _ref_q8_0, _codes_q8_0, (-128, 127)))
+
+
+lean_caches(globals())
