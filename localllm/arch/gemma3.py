@@ -21,7 +21,7 @@ import numpy as np
 
 from ..cache import KVCache
 from ..errors import GGUFError
-from ..kernels.decode import FusedDecoder, decode_token, pack_cache_dir
+from ..kernels.decode import FusedDecoder, pack_cache_dir
 from ..kernels.ops import attend, gelu_tanh_mul_rows, rmsnorm, rope, rope_tables
 from ..layers import Embedding, Linear, vector
 from .llama import tensor
@@ -138,11 +138,11 @@ class Model:
             f = self._fused
             logits = np.empty((1, self.n_vocab), np.float32)
             (cos, sin), (cos_l, sin_l) = self.rope_global, self.rope_local
-            decode_token(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, self.embed_scale, f.mt, f.qbuf,
-                         f.sbuf, f.obuf, f.bbuf, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
-                         f.ffn_norm, f.post_ffw_norm, self.norm, f.head, cache.k, cache.v, cos, sin, cos_l,
-                         sin_l, self._windows, True, a.norm_eps, a.n_head, a.n_kv_head, a.head_dim, a.n_ff,
-                         True, np.float32(a.attn_scale), float(a.final_softcap), logits)
+            f.decode(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, self.embed_scale, f.mt, f.qbuf,
+                     f.sbuf, f.obuf, f.bbuf, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
+                     f.ffn_norm, f.post_ffw_norm, self.norm, f.head, cache.k, cache.v, cos, sin, cos_l,
+                     sin_l, self._windows, True, a.norm_eps, a.n_head, a.n_kv_head, a.head_dim, a.n_ff,
+                     True, np.float32(a.attn_scale), float(a.final_softcap), logits)
             cache.n_tokens = pos0 + 1
             return logits
         x = self.embed(ids)                                      # (T, D)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..cache import KVCache
 from ..errors import GGUFError
-from ..kernels.decode import FusedDecoder, decode_token, pack_cache_dir
+from ..kernels.decode import FusedDecoder, pack_cache_dir
 from ..kernels.ops import attend, rmsnorm, rope, rope_tables, silu_mul_rows
 from ..layers import Embedding, Linear, vector
 
@@ -114,12 +114,12 @@ class Model:
         if t == 1 and self._fused is not None:
             f = self._fused
             logits = np.empty((1, self.n_vocab), np.float32)
-            decode_token(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, np.float32(1.0), f.mt, f.qbuf,
-                         f.sbuf, f.obuf, f.bbuf, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
-                         f.ffn_norm, f.post_ffw_norm, self.norm, f.head, cache.k, cache.v, self.cos,
-                         self.sin, self.cos, self.sin, self._windows, a.neox, a.norm_eps, a.n_head,
-                         a.n_kv_head, a.head_dim, a.n_ff, False, np.float32(1.0 / math.sqrt(a.head_dim)),
-                         0.0, logits)
+            f.decode(int(ids[0]), pos0, self.embed.raw, self.embed.type_id, np.float32(1.0), f.mt, f.qbuf,
+                     f.sbuf, f.obuf, f.bbuf, f.attn_norm, f.q_norm, f.k_norm, f.post_attn_norm,
+                     f.ffn_norm, f.post_ffw_norm, self.norm, f.head, cache.k, cache.v, self.cos,
+                     self.sin, self.cos, self.sin, self._windows, a.neox, a.norm_eps, a.n_head,
+                     a.n_kv_head, a.head_dim, a.n_ff, False, np.float32(1.0 / math.sqrt(a.head_dim)),
+                     0.0, logits)
             cache.n_tokens = pos0 + 1
             return logits
         x = self.embed(ids)                                      # (T, D)

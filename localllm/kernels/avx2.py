@@ -348,56 +348,74 @@ def quantize_activation(x, xq, xd, xqs):
 
 
 if AVAILABLE:
-    @njit(cache=True, parallel=True, fastmath=True)
-    def matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
-        """out (n_rows,) = W @ x_hat for W in the int8-dot layout q (G, ..., ...), scale/offset as in
-        PackedMatrix (offset (G, 0, 32) when none), x_hat given as quantize_activation's outputs."""
-        n_grp, nblk = q.shape[0], xd.shape[0]
+    @njit(cache=True, inline="always")
+    def _groups_int8dot(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
+        """out (n_rows,) rows of row groups g0..g1-1 = W @ x_hat, serially."""
+        nblk = xd.shape[0]
         g_bytes = q.shape[1] * q.shape[2]
         b_bytes = g_bytes // nblk
         ng = scale.shape[1]
         halves = ng // nblk
         has_off = offset.shape[1] > 0
         n_rows = out.shape[0]
+        acc = np.empty(ROWS, np.float32)
+        for g in range(g0, g1):
+            acc[:] = 0.0
+            for b in range(nblk):
+                qat = g * g_bytes + b * b_bytes
+                d = xd[b]
+                if halves == 1:
+                    s2 = xqs[2 * b] + xqs[2 * b + 1]
+                    sat = (g * ng + b) * ROWS
+                    c0, c1 = lo * s2, 0
+                    xs0, xs1 = d * np.float32(s2), np.float32(0.0)
+                    if mode == NIBBLES:
+                        _nib1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                    elif mode == NIB5:
+                        _n5_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                    elif mode == NIB6:
+                        _n6_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                    else:
+                        _s8_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                else:
+                    sat = (g * ng + 2 * b) * ROWS
+                    c0, c1 = lo * xqs[2 * b], lo * xqs[2 * b + 1]
+                    xs0, xs1 = d * np.float32(xqs[2 * b]), d * np.float32(xqs[2 * b + 1])
+                    if mode == NIBBLES:
+                        _nib2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                    elif mode == NIB5:
+                        _n5_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                    elif mode == NIB6:
+                        _n6_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+                    else:
+                        _s8_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
+            r0 = g * ROWS
+            for r in range(min(ROWS, n_rows - r0)):
+                out[r0 + r] = acc[r]
+
+    @njit(cache=True, fastmath=True)
+    def matvec_int8dot_groups(kind, q, scale, offset, xq, xd, xqs, out, g0, g1):
+        """Rows of row groups g0..g1-1 of out (n_rows,) = W @ x_hat, x_hat given by quantize_activation,
+        serially: one thread's share of a decode product."""
+        mode, lo = kind_mode_lo(kind)
+        _groups_int8dot(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1)
+
+    @njit(cache=True, parallel=True, fastmath=True)
+    def matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
+        """out (n_rows,) = W @ x_hat for W in the int8-dot layout q (G, ..., ...), scale/offset as in
+        PackedMatrix (offset (G, 0, 32) when none), x_hat given as quantize_activation's outputs."""
+        n_grp = q.shape[0]
         n_chunks = min(n_grp, PAR_CHUNKS)
         for c in prange(n_chunks):
-            acc = np.empty(ROWS, np.float32)
-            for g in range(c * n_grp // n_chunks, (c + 1) * n_grp // n_chunks):
-                acc[:] = 0.0
-                for b in range(nblk):
-                    qat = g * g_bytes + b * b_bytes
-                    d = xd[b]
-                    if halves == 1:
-                        s2 = xqs[2 * b] + xqs[2 * b + 1]
-                        sat = (g * ng + b) * ROWS
-                        c0, c1 = lo * s2, 0
-                        xs0, xs1 = d * np.float32(s2), np.float32(0.0)
-                        if mode == NIBBLES:
-                            _nib1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        elif mode == NIB5:
-                            _n5_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        elif mode == NIB6:
-                            _n6_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        else:
-                            _s8_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                    else:
-                        sat = (g * ng + 2 * b) * ROWS
-                        c0, c1 = lo * xqs[2 * b], lo * xqs[2 * b + 1]
-                        xs0, xs1 = d * np.float32(xqs[2 * b]), d * np.float32(xqs[2 * b + 1])
-                        if mode == NIBBLES:
-                            _nib2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        elif mode == NIB5:
-                            _n5_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        elif mode == NIB6:
-                            _n6_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                        else:
-                            _s8_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, d, c0, c1, xs0, xs1, has_off, acc)
-                r0 = g * ROWS
-                for r in range(min(ROWS, n_rows - r0)):
-                    out[r0 + r] = acc[r]
+            _groups_int8dot(mode, lo, q, scale, offset, xq, xd, xqs, out, c * n_grp // n_chunks,
+                            (c + 1) * n_grp // n_chunks)
 else:
     @njit(cache=True)
     def matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
+        raise RuntimeError("the int8-dot kernel needs AVX2")
+
+    @njit(cache=True)
+    def matvec_int8dot_groups(kind, q, scale, offset, xq, xd, xqs, out, g0, g1):
         raise RuntimeError("the int8-dot kernel needs AVX2")
 
 

@@ -1,9 +1,11 @@
 """Whole-token decode in one compiled call: every layer of a model (llama family, Gemma 3) for one token.
 
 Per-op Python dispatch cost 0.3-1 µs per call and ~15 calls per layer; here the layer loop runs in
-Numba. Waking the thread pool costs 10-50 µs on these VMs, so only matrix products (and attention
-over long contexts) run in parallel, and q/k/v and gate/up run as one stacked matrix where their
-formats allow. The repacked matrices (kernels/repacked.py) of the whole model live in three flat
+Numba. Where every matrix has an integer-dot kind, decode_token_pooled runs the whole token in one
+parallel region whose threads split each product and meet at a spinning barrier (sync.py): Qwen2.5-0.5B
+16 ms a token against 19-23 ms for decode_token, which starts a region per matrix product (and for
+attention over long contexts), each launch 3-150 µs on these VMs. q/k/v and gate/up run as one
+stacked matrix where their formats allow. The repacked matrices (kernels/repacked.py) of the whole model live in three flat
 byte buffers (codes, scales, offsets: float32, or float16 where the kind says so, each matrix's part
 64-byte aligned) with a table of where each one starts and its shape, indexed layer * 7 + slot; a slot
 whose matrix is part of a stacked one is empty. (Numba's typed lists held
@@ -18,17 +20,19 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from .ops import attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
+from .ops import attend_heads, attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from .quantized import dequantize_row_any
-from .avx2 import kind_is_scale16
+from .avx2 import KIND_BASE, kind_is_scale16, kind_is_vnni, matvec_int8dot_groups, quantize_activation
 from .repacked import packed_matmul
-from .vnni import matmul_vnni
+from .vnni import matmul_vnni, matvec_vnni_groups
+from .sync import STATE_LEN, arrive, barrier
 from .entry import entry_point, lean_caches
 
 Q, K, V, O, GATE, UP, DOWN = range(7)   # slots; Q holds q|k|v and GATE gate|up when stacked
 PARALLEL_ATTENTION_FROM = 512           # cache length from which decode attention uses the pool
+POOLED = os.environ.get("LOCALLLM_POOLED", "1") != "0"   # decode_token_pooled where it applies (0: never)
 
 
 # columns of the matrix table
@@ -140,6 +144,157 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
     if softcap > 0:
         for j in range(logits.shape[1]):
             logits[0, j] = np.float32(math.tanh(logits[0, j] / softcap)) * softcap
+
+
+@njit(cache=True)
+def _linear_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, tid, nt):
+    """Thread tid's share (of nt) of out = x_hat @ W_i.T (+ b_i): its run of the matrix's row groups,
+    x_hat given by quantize_rows' outputs for one row (1, ...). Integer-dot kinds only."""
+    g, r, kind = mt[i, GROUPS], mt[i, ROWS], mt[i, KIND]
+    g0, g1 = tid * g // nt, (tid + 1) * g // nt
+    q = qbuf[mt[i, Q_AT]:mt[i, Q_AT] + g * mt[i, COLS] * r].reshape((g, mt[i, COLS], r))
+    sa, ns, oa, no = mt[i, S_AT], mt[i, N_GROUPS], mt[i, O_AT], mt[i, O_GROUPS]
+    if kind_is_scale16(kind):          # float16 scales and offsets (VNNI kinds only)
+        sc = sbuf[sa:sa + 2 * g * ns * r].view(np.uint16).reshape((g, ns, r))
+        of = obuf[oa:oa + 2 * g * no * r].view(np.uint16).reshape((g, no, r))
+        matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
+    else:
+        sc = sbuf[sa:sa + 4 * g * ns * r].view(np.float32).reshape((g, ns, r))
+        of = obuf[oa:oa + 4 * g * no * r].view(np.float32).reshape((g, no, r))
+        if kind_is_vnni(kind):
+            matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
+        else:
+            matvec_int8dot_groups(kind, q, sc, of, xq[0], xd[0], xqs[0], out[0], g0, g1)
+    for j in range(g0 * r, min(g1 * r, mt[i, B_LEN])):
+        out[0, j] += bbuf[mt[i, B_AT] + j]
+
+
+@njit(cache=True)
+def _quantize(x, n, xq, xd, xqs):
+    """The first n columns of x (1, >= n) quantized into the front of the 1-D buffers; (1, ...) views."""
+    q, d, s = xq[:n].reshape((1, n)), xd[:n // 32].reshape((1, n // 32)), xqs[:n // 16].reshape((1, n // 16))
+    quantize_activation(x[0, :n], q[0], d[0], s[0])
+    return q, d, s
+
+
+@entry_point
+@njit(cache=True, parallel=True)
+def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf, bbuf, attn_norm, q_norm,
+                        k_norm, post_attn_norm, ffn_norm, post_ffw_norm, out_norm, head, kc, vc, cos, sin,
+                        cos_local, sin_local, windows, neox, eps, n_head, n_kv, head_dim, n_ff, gelu,
+                        attn_scale, softcap, logits, state, nt):
+    """decode_token (same arguments and results) in one parallel region of nt threads, one iteration
+    each, meeting at sync.barrier after each matrix product (5 a layer) instead of starting a region for
+    each: every matrix's row groups split evenly between them. All matrices must be of integer-dot
+    kinds (VNNI or AVX2).
+
+    Each thread keeps its own copy of the residual stream and computes what every thread needs (norms,
+    the activations' int8 quantization, the gate) itself, rather than wait for one to share it;
+    attention splits by KV head (and slices of its query heads when there are fewer KV heads than
+    threads), each thread writing the cache rows of the KV heads it attends with. state: int64
+    (sync.STATE_LEN,) zeros. Returns False, having done nothing, when the threads did not run side by
+    side (sync.arrive).
+    """
+    n_layer, d = attn_norm.shape
+    nq, nk = n_head * head_dim, n_kv * head_dim
+    group = n_head // n_kv
+    split = min(group, max(1, -(-nt // n_kv)))              # query-head slices per KV head
+    n_items = n_kv * split
+    kmax = max(d, nq, n_ff)
+    qkv = np.empty((1, nq + 2 * nk), np.float32)            # (1, q | k | v), shared
+    q3 = np.empty((1, n_head, head_dim), np.float32)        # rotated queries, shared (disjoint heads)
+    att = np.empty((1, n_head, head_dim), np.float32)       # shared
+    tmp = np.empty((1, d), np.float32)                      # o / down outputs, shared
+    gu = np.empty((1, 2 * n_ff), np.float32)                # (1, gate | up), shared
+    ok = np.zeros(nt, np.bool_)
+    for tid in prange(nt):
+        ok[tid] = arrive(state, nt)
+        if not ok[tid]:
+            continue
+        x = np.empty((1, d), np.float32)                    # this thread's residual stream
+        h = np.empty((1, d), np.float32)
+        t2 = np.empty((1, d), np.float32)
+        k3 = np.empty((1, n_kv, head_dim), np.float32)
+        a = np.empty((1, n_ff), np.float32)
+        xq, xd, xqs = np.empty(kmax, np.int8), np.empty(kmax // 32, np.float32), np.empty(kmax // 16, np.int32)
+        dequantize_row_any(emb_type, emb_raw[token], x[0])
+        if emb_scale != 1.0:
+            for j in range(d):
+                x[0, j] *= emb_scale
+        for layer in range(n_layer):
+            base = layer * 7
+            rmsnorm(x, attn_norm[layer], eps, h)
+            aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
+            if mt[base + K, GROUPS] == 0:                     # stacked q|k|v
+                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv, tid, nt)
+            else:
+                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, :nq], tid, nt)
+                _linear_share(base + K, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, nq:nq + nk], tid, nt)
+                _linear_share(base + V, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, nq + nk:], tid, nt)
+            barrier(state, nt)
+            window = windows[layer]
+            lcos, lsin = (cos_local, sin_local) if window > 0 else (cos, sin)
+            for item in range(tid * n_items // nt, (tid + 1) * n_items // nt):
+                kvh, c = item // split, item % split
+                h0 = kvh * group + c * group // split
+                h1 = kvh * group + (c + 1) * group // split
+                kh = k3[:, kvh:kvh + 1]
+                k3[0, kvh, :] = qkv[0, nq + kvh * head_dim:nq + (kvh + 1) * head_dim]
+                qh = q3[:, h0:h1]
+                for hh in range(h0, h1):
+                    q3[0, hh, :] = qkv[0, hh * head_dim:(hh + 1) * head_dim]
+                if q_norm.shape[0] > 0:
+                    rmsnorm(qh[0], q_norm[layer], eps, qh[0])
+                    rmsnorm(kh[0], k_norm[layer], eps, kh[0])
+                rope(qh, pos, lcos, lsin, neox)
+                rope(kh, pos, lcos, lsin, neox)
+                for j in range(head_dim):   # the same values from every thread sharing this KV head
+                    kc[layer, kvh, pos, j] = kh[0, 0, j]
+                    vc[layer, kvh, pos, j] = qkv[0, nq + nk + kvh * head_dim + j]
+                attend_heads(q3, kc[layer], vc[layer], pos, attn_scale, window, att, 0, kvh, h0, h1)
+            barrier(state, nt)
+            aq, ad, aqs = _quantize(att.reshape(1, nq), nq, xq, xd, xqs)
+            _linear_share(base + O, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, tid, nt)
+            barrier(state, nt)
+            if post_attn_norm.shape[0] > 0:
+                rmsnorm(tmp, post_attn_norm[layer], eps, t2)
+            else:
+                t2[:] = tmp
+            for j in range(d):
+                x[0, j] += t2[0, j]
+            rmsnorm(x, ffn_norm[layer], eps, h)
+            aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
+            if mt[base + UP, GROUPS] == 0:                    # stacked gate|up
+                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu, tid, nt)
+            else:
+                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu[:, :n_ff], tid, nt)
+                _linear_share(base + UP, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu[:, n_ff:], tid, nt)
+            barrier(state, nt)
+            if gelu:
+                gelu_tanh_mul(gu[:, :n_ff], gu[:, n_ff:], a)
+            else:
+                silu_mul(gu[:, :n_ff], gu[:, n_ff:], a)
+            aq, ad, aqs = _quantize(a, n_ff, xq, xd, xqs)
+            _linear_share(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, tid, nt)
+            barrier(state, nt)
+            if post_ffw_norm.shape[0] > 0:
+                rmsnorm(tmp, post_ffw_norm[layer], eps, t2)
+            else:
+                t2[:] = tmp
+            for j in range(d):
+                x[0, j] += t2[0, j]
+        rmsnorm(x, out_norm, eps, h)
+        aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
+        _linear_share(head, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, logits, tid, nt)
+        if softcap > 0:
+            r = mt[head, ROWS]
+            for j in range(tid * mt[head, GROUPS] // nt * r, min((tid + 1) * mt[head, GROUPS] // nt * r,
+                                                                   logits.shape[1])):
+                logits[0, j] = np.float32(math.tanh(logits[0, j] / softcap)) * softcap
+    for tid in range(nt):                    # (not ok.all(): its cached code imports numba.np.arraymath)
+        if not ok[tid]:
+            return False
+    return True
 
 
 def pack_buffers(linears):
@@ -317,7 +472,26 @@ class FusedDecoder:
         self.attn_norm, self.ffn_norm = stack(attn_norm), stack(ffn_norm)          # (n_layer, D)
         self.q_norm, self.k_norm = stack(q_norm), stack(k_norm)                    # (n_layer, hd) or (0, 0)
         self.post_attn_norm, self.post_ffw_norm = stack(post_attn_norm), stack(post_ffw_norm)
+        used = self.mt[self.mt[:, GROUPS] > 0, KIND]
+        self.pooled = POOLED and bool((used >= KIND_BASE).all())   # integer-dot kinds (VNNI or AVX2)
+        self._state = np.zeros(STATE_LEN, np.int64)
+        self._pool_failures = 0
         return self
+
+    def decode(self, *args) -> None:
+        """decode_token(*args): in one region of the pool (decode_token_pooled) where every matrix has a
+        VNNI kind and there is more than one thread, else one region per product. Three regions whose
+        threads did not run side by side turn the pooled form off for this model."""
+        import numba
+
+        nt = numba.get_num_threads()
+        if self.pooled and nt > 1:
+            self._state[:] = 0
+            if decode_token_pooled(*args, self._state, nt):
+                return
+            self._pool_failures += 1
+            self.pooled = self._pool_failures < 3
+        decode_token(*args)
 
 
 lean_caches(globals())

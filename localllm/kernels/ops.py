@@ -122,6 +122,12 @@ def attention(q, k_cache, v_cache, pos0, scale, window, out):
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
+def attend_heads(q, k_cache, v_cache, pos0, scale, window, out, t, kvh, h0, h1):
+    """_attend_heads compiled on its own (an inlined copy would take its caller's float flags)."""
+    _attend_heads(q, k_cache, v_cache, pos0, scale, window, out, t, kvh, h0, h1)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
 def attention_serial(q, k_cache, v_cache, pos0, scale, window, out):
     """`attention` on the calling thread: for decode over a short context, cheaper than waking the pool."""
     t_n, hq_n = q.shape[0], q.shape[1]

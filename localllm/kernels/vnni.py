@@ -224,6 +224,28 @@ if AVAILABLE:
             else:
                 _tileT(mode, halves, q, qat, xq, xat, k_n, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
 
+    @njit(cache=True, inline="always")
+    def _groups1(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
+        """out[0, rows of groups g0..g1-1] for one activation row (decode), serially."""
+        halves = scale.shape[1] // xd.shape[1]
+        has_off = offset.shape[1] > 0
+        corr = _corrections(mode, lo)
+        n_rows = out.shape[1]
+        acc = np.empty((1, ROWS), np.float32)
+        dv, cv, xsv = np.empty(1, np.float32), np.empty(2, np.int32), np.empty(2, np.float32)
+        for g in range(g0, g1):
+            _group(mode, halves, 1, corr, g, 0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
+            r0 = g * ROWS
+            for r in range(min(ROWS, n_rows - r0)):
+                out[0, r0 + r] = acc[0, r]
+
+    @njit(cache=True, fastmath=True)
+    def matvec_vnni_groups(kind, q, scale, offset, xq, xd, xqs, out, g0, g1):
+        """out[0, rows of row groups g0..g1-1] = x_hat @ W.T for one activation row given by
+        quantize_rows' outputs (1, ...), serially: one thread's share of a decode product."""
+        mode, lo = kind_mode_lo(kind)
+        _groups1(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1)
+
     @njit(cache=True, parallel=True, fastmath=True)
     def matmul_vnni_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
         """out (T, n_rows) = x_hat @ W.T for W in the int8-dot layout q (G, ..., 32), scale/offset as in
@@ -236,13 +258,8 @@ if AVAILABLE:
         if t_n == 1:                       # decode: one row, the row groups split into PAR_CHUNKS runs
             n_chunks = min(n_grp, PAR_CHUNKS)
             for c in prange(n_chunks):
-                acc = np.empty((1, ROWS), np.float32)
-                dv, cv, xsv = np.empty(1, np.float32), np.empty(2, np.int32), np.empty(2, np.float32)
-                for g in range(c * n_grp // n_chunks, (c + 1) * n_grp // n_chunks):
-                    _group(mode, halves, 1, corr, g, 0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
-                    r0 = g * ROWS
-                    for r in range(min(ROWS, n_rows - r0)):
-                        out[0, r0 + r] = acc[0, r]
+                _groups1(mode, lo, q, scale, offset, xq, xd, xqs, out, c * n_grp // n_chunks,
+                         (c + 1) * n_grp // n_chunks)
             return
         for c0 in range(0, t_n, T_CHUNK):  # a chunk of rows at a time, row groups in parallel
             c1 = min(t_n, c0 + T_CHUNK)
@@ -265,6 +282,10 @@ if AVAILABLE:
 else:
     @njit(cache=True)
     def matmul_vnni_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
+        raise RuntimeError("the VNNI kernel needs AVX-512 VNNI")
+
+    @njit(cache=True)
+    def matvec_vnni_groups(kind, q, scale, offset, xq, xd, xqs, out, g0, g1):
         raise RuntimeError("the VNNI kernel needs AVX-512 VNNI")
 
 

@@ -1,0 +1,145 @@
+"""Decode in one parallel region (decode_token_pooled): its barrier, its fallback, and the same results as
+the region-per-product decode on every integer-dot kernel.
+
+The same, to float rounding: both run the same kernels on the same int8 activations, and the loaded-from-
+cache builds agree bit for bit, but LLVM may inline the attention kernel into either caller and vectorize
+its sums differently (measured: 4e-6 apart where one of the two was compiled in the same process). A race
+or a wrong share moves logits by 1e-1 and more."""
+import numba
+import numpy as np
+import pytest
+from numba import njit, prange
+
+import localllm
+from localllm.kernels import avx2, decode, sync, vnni
+from localllm.kernels.sync import arrive, barrier
+from tinymodel import write_tiny_llama
+from test_gemma3_arch import write_tiny_gemma3
+
+needs_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one CPU: no pool to share")
+needs_avx2 = pytest.mark.skipif(not avx2.AVAILABLE, reason="the CPU has no AVX2")
+
+
+@njit(parallel=True)
+def _phases(state, nt, n, seen, bad):
+    """Each thread writes its phase number, meets the others, and checks that all of them wrote it."""
+    for tid in prange(nt):
+        if not arrive(state, nt):
+            continue
+        for p in range(n):
+            seen[tid] = p
+            barrier(state, nt)
+            for j in range(nt):
+                if seen[j] != p:
+                    bad[tid] += 1
+            barrier(state, nt)        # nobody writes phase p + 1 before everyone has checked phase p
+
+
+@needs_threads
+def test_barrier_keeps_the_threads_in_step():
+    nt = numba.get_num_threads()
+    state = np.zeros(sync.STATE_LEN, np.int64)
+    seen, bad = np.full(nt, -1, np.int64), np.zeros(nt, np.int64)
+    _phases(state, nt, 20000, seen, bad)
+    assert (seen == 19999).all()
+    assert bad.sum() == 0
+    assert state[sync.ARRIVED] == nt and state[sync.GEN] == 40000
+
+
+@njit
+def _arrive_alone(state, nt):
+    return arrive(state, nt)
+
+
+def test_arrive_gives_up_when_the_iterations_run_one_after_another():
+    """One thread running every iteration in turn (as a threading layer might) must not wait forever:
+    the first gives up after its time limit, and later ones see at once that the region was cancelled."""
+    state = np.zeros(sync.STATE_LEN, np.int64)
+    assert not _arrive_alone(state, 2)
+    assert state[sync.ARRIVED] < 0
+    assert not _arrive_alone(state, 2)
+    state[:] = 0
+    assert _arrive_alone(state, 1)
+
+
+def _steps(llm, ids):
+    cache = llm.model.make_cache(64)
+    return np.stack([llm.model.forward(np.array([t]), j, cache)[0].copy() for j, t in enumerate(ids)])
+
+
+def _assert_same(got, want):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def _pooled_and_not(llm, ids, monkeypatch):
+    """Logits of ids decoded one at a time through decode_token_pooled (which must not fall back) and
+    through decode_token."""
+    f = llm.model._fused
+    assert f.pooled
+    with monkeypatch.context() as m:
+        m.setattr(decode, "decode_token", lambda *a: pytest.fail("fell back to decode_token"))
+        pooled = _steps(llm, ids)
+    f.pooled = False
+    plain = _steps(llm, ids)
+    return pooled, plain
+
+
+@needs_threads
+@needs_avx2
+@pytest.mark.parametrize("kernel", ["avx2", "vnni"])
+@pytest.mark.parametrize("model", ["llama-Q4_1", "qwen2-Q5_0-biases", "llama-Q8_0-8heads", "gemma3-Q8_0"])
+def test_pooled_decode_matches(tmp_path, monkeypatch, kernel, model):
+    if kernel == "vnni" and not vnni.AVAILABLE:
+        pytest.skip("the CPU has no AVX-512 VNNI")
+    monkeypatch.setattr(vnni, "ENABLED", kernel == "vnni")
+    arch, qtype = model.split("-")[:2]
+    if arch == "gemma3":     # q/k norms, post norms, sliding windows, GELU, one KV head split over threads
+        path = write_tiny_gemma3(tmp_path / "tiny.gguf", qtype=qtype, n_layer=3, n_kv_head=1, softcap=10.0)
+    else:
+        path = write_tiny_llama(tmp_path / "tiny.gguf", arch=arch, qtype=qtype, biases="biases" in model,
+                                n_head=8 if "8heads" in model else 4)
+    llm = localllm.load(path, n_ctx=64)
+    mt = llm.model._fused.mt
+    kinds = mt[mt[:, decode.GROUPS] > 0, decode.KIND]
+    assert all(avx2.kind_is_vnni(int(k)) == (kernel == "vnni") for k in kinds)
+    ids = [int(i) for i in np.random.default_rng(3).integers(0, 200, 20)]
+    pooled, plain = _pooled_and_not(llm, ids, monkeypatch)
+    _assert_same(pooled, plain)
+
+
+@needs_threads
+@needs_avx2
+@pytest.mark.parametrize("which", ["smollm2_path", "gemma3_path", "qwen2_path"])   # Q4_1; Q4_K/Q6_K/Q8_0; Q5_0 too
+def test_pooled_decode_matches_on_real_models(request, monkeypatch, which):
+    llm = localllm.load(request.getfixturevalue(which), n_ctx=64)
+    ids = [int(i) for i in np.random.default_rng(4).integers(0, 5000, 24)]
+    pooled, plain = _pooled_and_not(llm, ids, monkeypatch)
+    _assert_same(pooled, plain)
+
+
+@needs_threads
+@needs_avx2
+def test_falls_back_when_the_threads_do_not_run_side_by_side(tmp_path, monkeypatch):
+    path = write_tiny_llama(tmp_path / "tiny.gguf", qtype="Q4_0")
+    llm = localllm.load(path, n_ctx=64)
+    f = llm.model._fused
+    ids = [5, 17, 40, 99, 3]
+    want = _steps(llm, ids)
+    calls = []
+    monkeypatch.setattr(decode, "decode_token_pooled", lambda *a: calls.append(1) or False)
+    f.pooled = True
+    got = _steps(llm, ids)
+    _assert_same(got, want)
+    assert len(calls) == 3 and not f.pooled      # three failed regions, then never again
+
+
+def test_float_kinds_are_never_pooled(tmp_path, float_kernels):
+    llm = localllm.load(write_tiny_llama(tmp_path / "tiny.gguf", qtype="Q4_0"), n_ctx=64)
+    assert not llm.model._fused.pooled
+
+
+def test_pooled_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode, "POOLED", False)
+    llm = localllm.load(write_tiny_llama(tmp_path / "tiny.gguf", qtype="Q4_0"), n_ctx=64)
+    assert not llm.model._fused.pooled
