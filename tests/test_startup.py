@@ -13,6 +13,7 @@ import pytest
 from numba import njit
 
 import localllm.kernels as kernels_pkg
+from localllm import ggufio
 from localllm.ggufio import _Cursor
 from localllm.kernels.entry import _EntryCache, _EntryImpl, entry_point
 
@@ -87,7 +88,10 @@ def _strings_blob(items: list[bytes]) -> bytes:
     [b"a\x00b", b"c", b""],                                                    # NUL inside a string
     [b"ok", b"\xff\xfe", b"end"],                                             # invalid UTF-8
 ])
-def test_gguf_string_arrays(items):
+@pytest.mark.parametrize("scan", ["python", "compiled"])
+def test_gguf_string_arrays(items, scan, monkeypatch):
+    monkeypatch.setattr(ggufio, "SCAN_FROM", 10 ** 9 if scan == "python" else 1)
+    items = items * 3000 if scan == "compiled" else items      # long, as a vocabulary
     blob = b"junk" + _strings_blob(items) + b"tail"
     cur = _Cursor(memoryview(blob))
     cur.pos = 4
@@ -96,12 +100,18 @@ def test_gguf_string_arrays(items):
     assert blob[cur.pos:] == b"tail"
 
 
-def test_gguf_string_array_overrun_is_eof():
+@pytest.mark.parametrize("scan", ["python", "compiled"])
+def test_gguf_string_array_overrun_is_eof(scan, monkeypatch):
+    monkeypatch.setattr(ggufio, "SCAN_FROM", 10 ** 9 if scan == "python" else 1)
     blob = _strings_blob([b"abc"])[:-1]
     with pytest.raises(EOFError):
         _Cursor(memoryview(blob))._strings(1)
     with pytest.raises(EOFError):
         _Cursor(memoryview(struct.pack("<Q", 1 << 60)))._strings(1)
+    with pytest.raises(EOFError):                                # a prefix cut short
+        _Cursor(memoryview(_strings_blob([b"abc"]) + b"\x01\x00"))._strings(2)
+    with pytest.raises(EOFError):                                # a length that wraps around
+        _Cursor(memoryview(struct.pack("<Q", (1 << 64) - 4) + b"abcd" * 4))._strings(2)
 
 
 def test_every_cached_kernel_loads_without_the_context_refresh():
