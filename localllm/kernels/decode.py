@@ -27,7 +27,7 @@ from .quantized import dequantize_row_any
 from .avx2 import KIND_BASE, kind_is_scale16, kind_is_vnni, matvec_int8dot_groups, quantize_activation
 from .repacked import packed_matmul
 from .vnni import matmul_vnni, matvec_vnni_groups
-from .sync import STATE_LEN, arrive, barrier
+from .sync import STATE_LEN, arrive, atomic_add, barrier
 from .entry import entry_point, lean_caches
 
 Q, K, V, O, GATE, UP, DOWN = range(7)   # slots; Q holds q|k|v and GATE gate|up when stacked
@@ -147,11 +147,10 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
 
 
 @njit(cache=True)
-def _linear_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, tid, nt):
-    """Thread tid's share (of nt) of out = x_hat @ W_i.T (+ b_i): its run of the matrix's row groups,
-    x_hat given by quantize_rows' outputs for one row (1, ...). Integer-dot kinds only."""
+def _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
+    """Rows of row groups g0..g1-1 of out = x_hat @ W_i.T (+ b_i), x_hat given by quantize_rows'
+    outputs for one row (1, ...). Integer-dot kinds only."""
     g, r, kind = mt[i, GROUPS], mt[i, ROWS], mt[i, KIND]
-    g0, g1 = tid * g // nt, (tid + 1) * g // nt
     q = qbuf[mt[i, Q_AT]:mt[i, Q_AT] + g * mt[i, COLS] * r].reshape((g, mt[i, COLS], r))
     sa, ns, oa, no = mt[i, S_AT], mt[i, N_GROUPS], mt[i, O_AT], mt[i, O_GROUPS]
     if kind_is_scale16(kind):          # float16 scales and offsets (VNNI kinds only)
@@ -170,6 +169,20 @@ def _linear_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, tid, nt):
 
 
 @njit(cache=True)
+def _linear_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, nt, state):
+    """This thread's share of out = x_hat @ W_i.T (+ b_i): runs of row groups taken from the matrix's
+    counter in state (slot STATE_LEN + 8 i) until none are left, about 8 a thread, so that a thread
+    the machine slows down takes fewer."""
+    g = mt[i, GROUPS]
+    run = max(1, g // (8 * nt))
+    while True:
+        g0 = atomic_add(state, STATE_LEN + 8 * i, 1) * run
+        if g0 >= g:
+            return
+        _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, min(g, g0 + run))
+
+
+@njit(cache=True)
 def _quantize(x, n, xq, xd, xqs):
     """The first n columns of x (1, >= n) quantized into the front of the 1-D buffers; (1, ...) views."""
     q, d, s = xq[:n].reshape((1, n)), xd[:n // 32].reshape((1, n // 32)), xqs[:n // 16].reshape((1, n // 16))
@@ -185,14 +198,14 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
                         attn_scale, softcap, logits, state, nt):
     """decode_token (same arguments and results) in one parallel region of nt threads, one iteration
     each, meeting at sync.barrier after each matrix product (5 a layer) instead of starting a region for
-    each: every matrix's row groups split evenly between them. All matrices must be of integer-dot
-    kinds (VNNI or AVX2).
+    each: the threads take runs of each matrix's row groups from a counter until none are left (a
+    thread slowed by the machine takes fewer). All matrices must be of integer-dot kinds (VNNI or AVX2).
 
     Each thread keeps its own copy of the residual stream and computes what every thread needs (norms,
     the activations' int8 quantization, the gate) itself, rather than wait for one to share it;
     attention splits by KV head (and slices of its query heads when there are fewer KV heads than
     threads), each thread writing the cache rows of the KV heads it attends with. state: int64
-    (sync.STATE_LEN,) zeros. Returns False, having done nothing, when the threads did not run side by
+    (sync.STATE_LEN + 8 * n_matrices,) zeros: the barrier's, then a counter per matrix. Returns False, having done nothing, when the threads did not run side by
     side (sync.arrive).
     """
     n_layer, d = attn_norm.shape
@@ -226,11 +239,11 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
             rmsnorm(x, attn_norm[layer], eps, h)
             aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
             if mt[base + K, GROUPS] == 0:                     # stacked q|k|v
-                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv, tid, nt)
+                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv, nt, state)
             else:
-                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, :nq], tid, nt)
-                _linear_share(base + K, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, nq:nq + nk], tid, nt)
-                _linear_share(base + V, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, nq + nk:], tid, nt)
+                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, :nq], nt, state)
+                _linear_share(base + K, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, nq:nq + nk], nt, state)
+                _linear_share(base + V, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, nq + nk:], nt, state)
             barrier(state, nt)
             window = windows[layer]
             lcos, lsin = (cos_local, sin_local) if window > 0 else (cos, sin)
@@ -254,7 +267,7 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
                 attend_heads(q3, kc[layer], vc[layer], pos, attn_scale, window, att, 0, kvh, h0, h1)
             barrier(state, nt)
             aq, ad, aqs = _quantize(att.reshape(1, nq), nq, xq, xd, xqs)
-            _linear_share(base + O, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, tid, nt)
+            _linear_share(base + O, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, nt, state)
             barrier(state, nt)
             if post_attn_norm.shape[0] > 0:
                 rmsnorm(tmp, post_attn_norm[layer], eps, t2)
@@ -265,17 +278,17 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
             rmsnorm(x, ffn_norm[layer], eps, h)
             aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
             if mt[base + UP, GROUPS] == 0:                    # stacked gate|up
-                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu, tid, nt)
+                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu, nt, state)
             else:
-                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu[:, :n_ff], tid, nt)
-                _linear_share(base + UP, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu[:, n_ff:], tid, nt)
+                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu[:, :n_ff], nt, state)
+                _linear_share(base + UP, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu[:, n_ff:], nt, state)
             barrier(state, nt)
             if gelu:
                 gelu_tanh_mul(gu[:, :n_ff], gu[:, n_ff:], a)
             else:
                 silu_mul(gu[:, :n_ff], gu[:, n_ff:], a)
             aq, ad, aqs = _quantize(a, n_ff, xq, xd, xqs)
-            _linear_share(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, tid, nt)
+            _linear_share(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, nt, state)
             barrier(state, nt)
             if post_ffw_norm.shape[0] > 0:
                 rmsnorm(tmp, post_ffw_norm[layer], eps, t2)
@@ -285,11 +298,11 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
                 x[0, j] += t2[0, j]
         rmsnorm(x, out_norm, eps, h)
         aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
-        _linear_share(head, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, logits, tid, nt)
+        _linear_share(head, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, logits, nt, state)
         if softcap > 0:
-            r = mt[head, ROWS]
-            for j in range(tid * mt[head, GROUPS] // nt * r, min((tid + 1) * mt[head, GROUPS] // nt * r,
-                                                                   logits.shape[1])):
+            barrier(state, nt)
+            n_vocab = logits.shape[1]
+            for j in range(tid * n_vocab // nt, (tid + 1) * n_vocab // nt):
                 logits[0, j] = np.float32(math.tanh(logits[0, j] / softcap)) * softcap
     for tid in range(nt):                    # (not ok.all(): its cached code imports numba.np.arraymath)
         if not ok[tid]:
@@ -474,7 +487,7 @@ class FusedDecoder:
         self.post_attn_norm, self.post_ffw_norm = stack(post_attn_norm), stack(post_ffw_norm)
         used = self.mt[self.mt[:, GROUPS] > 0, KIND]
         self.pooled = POOLED and bool((used >= KIND_BASE).all())   # integer-dot kinds (VNNI or AVX2)
-        self._state = np.zeros(STATE_LEN, np.int64)
+        self._state = np.zeros(STATE_LEN + 8 * len(self.mt), np.int64)   # barrier, then a counter a matrix
         self._pool_failures = 0
         return self
 
