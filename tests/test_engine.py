@@ -159,3 +159,36 @@ def test_sandbox_blocks_attribute_escape(tmp_path):
     m = localllm.load(write_tiny_llama(tmp_path / "e.gguf", chat_template=evil))
     with pytest.raises(ChatTemplateError):
         m.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_compiled_templates_are_cached_and_still_sandboxed(tmp_path, monkeypatch):
+    """The second compile of a template (a later process) loads jinja2's bytecode from
+    $LOCALLLM_HOME/templates: same text, and the sandbox still refuses what it refused."""
+    from localllm import chat_template as ct
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path / "home"))
+    ct._compile.cache_clear()
+    good = "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}{% endfor %}"
+    evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    msgs = [{"role": "user", "content": " hi "}]
+    first = ct.render(good, msgs)
+    with pytest.raises(ChatTemplateError):
+        ct.render(evil, msgs)
+    assert len(list((tmp_path / "home" / "templates").iterdir())) == 2
+    ct._compile.cache_clear()
+    from jinja2 import Environment
+    compile_calls = []
+    monkeypatch.setattr(Environment, "compile", lambda *a, **k: compile_calls.append(a) or pytest.fail("recompiled"))
+    assert ct.render(good, msgs) == first == "<user>hi"
+    with pytest.raises(ChatTemplateError):
+        ct.render(evil, msgs)
+    assert not compile_calls
+    ct._compile.cache_clear()
+
+
+def test_template_cache_folder_unwritable(tmp_path, monkeypatch):
+    from localllm import chat_template as ct
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path / "file"))
+    ct._compile.cache_clear()
+    assert ct.render("{{ messages[0].content }}", [{"role": "user", "content": "x"}]) == "x"
+    ct._compile.cache_clear()
