@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -163,18 +164,46 @@ def has_llama_cpp(python: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def _merge_rounds(results: list[dict], tests: list[str]) -> dict:
+    """One engine's results of several rounds as one: rates over every round's samples, and the median
+    round's load time, cold start and peak RSS."""
+    merged = dict(results[0])
+    for test in tests:
+        samples = [x for r in results for x in r.get(test + "_samples", [])]
+        if samples:
+            merged[test + "_samples"] = samples
+            merged[test] = statistics.fmean(samples)
+            merged[test + "_sd"] = statistics.stdev(samples) if len(samples) > 1 else 0.0
+    for key in ("load_s", "cold_start_s", "peak_rss_mb"):
+        values = [r[key] for r in results if r.get(key) is not None]
+        if values:
+            merged[key] = statistics.median(values)
+    return merged
+
+
 def compare_model(path: str, args, llama_python: str | None) -> dict:
     cfg = {"model": str(path), "threads": args.threads, "reps": args.reps, "n_prompt": args.n_prompt,
            "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0}
     read, total = bytes_per_token(path)
     entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
-             "decode_limit_tps": args.bandwidth / read,
-             "localllm": _run_json(sys.executable, _LOCALLLM, cfg), "llama_cpp": None}
-    if llama_python:
-        try:
-            entry["llama_cpp"] = _run_json(llama_python, _LLAMA_CPP, cfg)
-        except RuntimeError as e:       # an architecture llama.cpp's build lacks should not stop the rest
-            entry["llama_cpp_error"] = str(e)
+             "decode_limit_tps": args.bandwidth / read, "localllm": None, "llama_cpp": None}
+    ours, theirs = [], []
+    for r in range(getattr(args, "rounds", 1)):
+        # alternate which engine goes first, so that a slow minute does not always fall on the same one
+        for engine in (("localllm", "llama_cpp") if r % 2 == 0 else ("llama_cpp", "localllm")):
+            if engine == "localllm":
+                ours.append(_run_json(sys.executable, _LOCALLLM, cfg))
+            elif llama_python and "llama_cpp_error" not in entry:
+                try:
+                    theirs.append(_run_json(llama_python, _LLAMA_CPP, cfg))
+                except RuntimeError as e:   # an architecture llama.cpp's build lacks should not stop the rest
+                    entry["llama_cpp_error"] = str(e)
+    tests = [f"pp{args.n_prompt}", f"tg{args.n_gen}"]
+    entry["localllm"] = _merge_rounds(ours, tests)
+    entry["llama_cpp"] = _merge_rounds(theirs, tests) if theirs else None
+    if len(ours) > 1 and len(theirs) == len(ours):
+        entry["round_ratios"] = {t: [a[t] / b[t] for a, b in zip(ours, theirs)] for t in tests
+                                 if all(t in a and b.get(t) for a, b in zip(ours, theirs))}
     return entry
 
 
@@ -199,6 +228,7 @@ def format_report(report: dict) -> str:
     bw = report["bandwidth_gbs"]
     lines = [f"# localllm vs llama.cpp, {report['date']}",
              f"CPU: {report['cpu']}; threads: {report['threads']}; reps: {report['reps']}; "
+             f"rounds: {report.get('rounds', 1)}; "
              f"llama-cpp-python: {report['llama_cpp_version'] or 'not available'}; "
              f"decode limit at {bw:g} GB/s", ""]
     for m in report["models"]:
@@ -208,7 +238,11 @@ def format_report(report: dict) -> str:
         for test in (f"pp{report['n_prompt']}", f"tg{report['n_gen']}"):
             if test not in ours:
                 continue
-            ratio = f"{ours[test] / ref[test]:.2f}x" if ref and ref.get(test) else "n/a"
+            per_round = m.get("round_ratios", {}).get(test)
+            if per_round:                         # several rounds: the median of their ratios
+                ratio = f"{statistics.median(per_round):.2f}x"
+            else:
+                ratio = f"{ours[test] / ref[test]:.2f}x" if ref and ref.get(test) else "n/a"
             limit = m["decode_limit_tps"]
             rows.append([test, _tps(ours, test), _tps(ref, test), ratio,
                          _pct(ours, test, limit), _pct(ref, test, limit)])
@@ -224,6 +258,9 @@ def format_report(report: dict) -> str:
                   f"llama.cpp {_secs(ref, 'cold_start_s')}; "
                   f"peak RSS: localllm {ours['peak_rss_mb']:.0f} MiB, "
                   f"llama.cpp {'n/a' if not ref else format(ref['peak_rss_mb'], '.0f') + ' MiB'}"]
+        for test, per_round in m.get("round_ratios", {}).items():
+            lines.append(f"{test} ratio per round (each engine in its own fresh process, the order alternating): "
+                         + ", ".join(f"{x:.2f}x" for x in per_round) + f"; median {statistics.median(per_round):.2f}x")
         if m.get("llama_cpp_error"):
             lines.append(f"llama.cpp failed: {m['llama_cpp_error'].splitlines()[-1]}")
         lines.append("")
@@ -241,10 +278,15 @@ def main(argv=None) -> int:
                    help=f"interpreter with llama-cpp-python (default {DEFAULT_LLAMA_PYTHON})")
     p.add_argument("--bandwidth", type=float, default=DEFAULT_BANDWIDTH / 1e9,
                    help="memory bandwidth in GB/s for the decode limit (default 28)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the pair this many times, alternating which goes first; ratios are then the "
+                        "median of the rounds' (default 1)")
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold-start timing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = p.parse_args(argv)
     args.bandwidth_gbs, args.bandwidth = args.bandwidth, args.bandwidth * 1e9
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.threads is None:
         from localllm.threads import default_threads
         args.threads = default_threads()
@@ -256,7 +298,8 @@ def main(argv=None) -> int:
     if version is None:
         print(f"note: {args.llama_python} cannot import llama_cpp; measuring localllm only", file=sys.stderr)
     report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu_model(),
-              "n_cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps, "n_prompt": args.n_prompt,
+              "n_cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps, "rounds": args.rounds,
+              "n_prompt": args.n_prompt,
               "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs, "llama_cpp_version": version,
               "python": platform.python_version(), "models": []}
     for path in args.models:

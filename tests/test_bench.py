@@ -185,3 +185,35 @@ def test_cold_start_times_a_second_launch_with_bytecode_cache_allowed(monkeypatc
     assert bench.cold_start_s(tmp_path / "m.gguf") >= 0
     assert len(launches) == 2 and launches[0][0] == launches[1][0]
     assert all("PYTHONDONTWRITEBYTECODE" not in env and "PATH" in env for _, env in launches)
+
+
+def test_compare_rounds_alternate_and_report_the_median_ratio(tiny_model, monkeypatch):
+    """--rounds N runs the pair N times, the engine that goes first alternating; the table's ratio is the
+    median of the rounds' ratios and the rates pool every round's samples."""
+    import argparse
+    import statistics
+    compare = _compare_module()
+    calls = []
+    ours_tg, theirs_tg = iter([100.0, 150.0, 90.0]), iter([50.0, 50.0, 60.0])
+
+    def fake_run(python, script, cfg):
+        engine = "localllm" if script is compare._LOCALLLM else "llama_cpp"
+        calls.append(engine)
+        tg = next(ours_tg if engine == "localllm" else theirs_tg)
+        return {"pp16": 10.0, "pp16_samples": [10.0], "tg4": tg, "tg4_samples": [tg], "load_s": 0.5,
+                "cold_start_s": None, "peak_rss_mb": 100.0, "threads": 1, "model_desc": "tiny",
+                "file_size": 1, "n_params": 1, "reps": 1}
+
+    monkeypatch.setattr(compare, "_run_json", fake_run)
+    args = argparse.Namespace(threads=1, reps=1, n_prompt=16, n_gen=4, no_cold_start=True, rounds=3,
+                              bandwidth=28e9)
+    entry = compare.compare_model(str(tiny_model), args, "/fake/python")
+    assert calls == ["localllm", "llama_cpp", "llama_cpp", "localllm", "localllm", "llama_cpp"]
+    assert entry["round_ratios"]["tg4"] == [2.0, 3.0, 1.5]
+    assert entry["localllm"]["tg4"] == statistics.fmean([100.0, 150.0, 90.0])
+    assert entry["localllm"]["tg4_samples"] == [100.0, 150.0, 90.0]
+    report = {"date": "2025-01-01T00:00:00+00:00", "cpu": "x", "threads": 1, "reps": 1, "rounds": 3,
+              "n_prompt": 16, "n_gen": 4, "bandwidth_gbs": 28.0, "llama_cpp_version": "0", "models": [entry]}
+    text = compare.format_report(report)
+    assert "2.00x" in text.split("| tg4")[1].split("\n")[0]          # the median, not 113.3 / 53.3
+    assert "tg4 ratio per round" in text and "2.00x, 3.00x, 1.50x; median 2.00x" in text
