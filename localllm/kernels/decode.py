@@ -2,14 +2,14 @@
 
 Per-op Python dispatch cost 0.3-1 µs per call and ~15 calls per layer; here the layer loop runs in
 Numba. Where every matrix has an integer-dot kind, decode_token_pooled runs the whole token in one
-parallel region whose threads split each product and meet at a spinning barrier (sync.py): Qwen2.5-0.5B
-16 ms a token against 19-23 ms for decode_token, which starts a region per matrix product (and for
-attention over long contexts), each launch 3-150 µs on these VMs. q/k/v and gate/up run as one
-stacked matrix where their formats allow. The repacked matrices (kernels/repacked.py) of the whole model live in three flat
-byte buffers (codes, scales, offsets: float32, or float16 where the kind says so, each matrix's part
-64-byte aligned) with a table of where each one starts and its shape, indexed layer * 7 + slot; a slot
-whose matrix is part of a stacked one is empty. (Numba's typed lists held
-them first, but building one compiled its methods in every process: 2.2 s of each load.)
+parallel region whose threads split each product and meet at a spinning barrier (sync.py):
+Qwen2.5-0.5B 16 ms a token against 19-23 ms for decode_token, which starts a region per matrix
+product (and for attention over long contexts), each launch 3-150 µs on these VMs. q/k/v and gate/up
+run as one stacked matrix where their formats allow. The repacked matrices (kernels/repacked.py) of
+the whole model live in three flat byte buffers (codes, scales, offsets: float32, or float16 where the
+kind says so, each matrix's part 64-byte aligned) with a table of where each one starts and its shape,
+indexed layer * 7 + slot; a slot whose matrix is part of a stacked one is empty. (Numba's typed lists
+held them first, but building one compiled its methods in every process: 2.2 s of each load.)
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from .ops import attend_heads, attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from .quantized import dequantize_row_any
@@ -39,22 +39,64 @@ POOLED = os.environ.get("LOCALLLM_POOLED", "1") != "0"   # decode_token_pooled w
 Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, KIND, B_AT, B_LEN = range(11)
 
 
+@njit(cache=True, inline="always")
+def _codes(i, mt, qbuf):
+    """Matrix i's codes (G, ..., 32) in the codes buffer."""
+    g, r = mt[i, GROUPS], mt[i, ROWS]
+    return qbuf[mt[i, Q_AT]:mt[i, Q_AT] + g * mt[i, COLS] * r].reshape((g, mt[i, COLS], r))
+
+
+@njit(cache=True, inline="always")
+def _scales16(i, mt, sbuf, obuf):
+    """Matrix i's scales and offsets as float16 bits (uint16, (G, groups, 32))."""
+    g, r, sa, ns, oa, no = mt[i, GROUPS], mt[i, ROWS], mt[i, S_AT], mt[i, N_GROUPS], mt[i, O_AT], mt[i, O_GROUPS]
+    return (sbuf[sa:sa + 2 * g * ns * r].view(np.uint16).reshape((g, ns, r)),
+            obuf[oa:oa + 2 * g * no * r].view(np.uint16).reshape((g, no, r)))
+
+
+@njit(cache=True, inline="always")
+def _scales32(i, mt, sbuf, obuf):
+    """Matrix i's scales and offsets as float32 ((G, groups, 32))."""
+    g, r, sa, ns, oa, no = mt[i, GROUPS], mt[i, ROWS], mt[i, S_AT], mt[i, N_GROUPS], mt[i, O_AT], mt[i, O_GROUPS]
+    return (sbuf[sa:sa + 4 * g * ns * r].view(np.float32).reshape((g, ns, r)),
+            obuf[oa:oa + 4 * g * no * r].view(np.float32).reshape((g, no, r)))
+
+
+@njit(cache=True, inline="always")
+def _add_bias(i, mt, bbuf, out, j0, j1):
+    """out[0, j] += b_i[j] for the columns j0..j1-1 that matrix i has a bias for."""
+    for j in range(j0, min(j1, mt[i, B_LEN])):
+        out[0, j] += bbuf[mt[i, B_AT] + j]
+
+
 @njit(cache=True)
 def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
     """out = x @ W_i.T (+ b_i) for matrix i of the table."""
-    g, r, kind = mt[i, GROUPS], mt[i, ROWS], mt[i, KIND]
-    q = qbuf[mt[i, Q_AT]:mt[i, Q_AT] + g * mt[i, COLS] * r].reshape((g, mt[i, COLS], r))
-    sa, ns, oa, no = mt[i, S_AT], mt[i, N_GROUPS], mt[i, O_AT], mt[i, O_GROUPS]
-    if kind_is_scale16(kind):          # float16 scales and offsets (only the VNNI kernels take them)
-        sc = sbuf[sa:sa + 2 * g * ns * r].view(np.uint16).reshape((g, ns, r))
-        of = obuf[oa:oa + 2 * g * no * r].view(np.uint16).reshape((g, no, r))
-        matmul_vnni(kind, q, sc, of, x, out)
+    q = _codes(i, mt, qbuf)
+    if kind_is_scale16(mt[i, KIND]):   # float16 scales and offsets (only the VNNI kernels take them)
+        sc, of = _scales16(i, mt, sbuf, obuf)
+        matmul_vnni(mt[i, KIND], q, sc, of, x, out)
     else:
-        sc = sbuf[sa:sa + 4 * g * ns * r].view(np.float32).reshape((g, ns, r))
-        of = obuf[oa:oa + 4 * g * no * r].view(np.float32).reshape((g, no, r))
-        packed_matmul(kind, q, sc, of, x, out)
-    for j in range(mt[i, B_LEN]):
-        out[0, j] += bbuf[mt[i, B_AT] + j]
+        sc, of = _scales32(i, mt, sbuf, obuf)
+        packed_matmul(mt[i, KIND], q, sc, of, x, out)
+    _add_bias(i, mt, bbuf, out, 0, out.shape[1])
+
+
+@njit(cache=True)
+def _add_residual(x, y, norm, layer, eps, scratch):
+    """x += y, or x += rmsnorm(y) * norm[layer] where the model has that norm (norm (n_layer, D), else
+    (0, 0)); scratch (1, D) takes the normed y and may be y itself."""
+    if norm.shape[0] > 0:
+        rmsnorm(y, norm[layer], eps, scratch)
+        y = scratch
+    for j in range(x.shape[1]):
+        x[0, j] += y[0, j]
+
+
+@njit(cache=True)
+def _softcap(logits, softcap, j0, j1):
+    for j in range(j0, j1):
+        logits[0, j] = np.float32(math.tanh(logits[0, j] / softcap)) * softcap
 
 
 @entry_point
@@ -118,10 +160,7 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
         else:
             attention_serial(q3, kc[layer], vc[layer], pos, attn_scale, window, att)
         _linear(base + O, mt, qbuf, sbuf, obuf, bbuf, att.reshape(1, nq), tmp)
-        if post_attn_norm.shape[0] > 0:
-            rmsnorm(tmp, post_attn_norm[layer], eps, tmp)
-        for j in range(d):
-            x[0, j] += tmp[0, j]
+        _add_residual(x, tmp, post_attn_norm, layer, eps, tmp)
         rmsnorm(x, ffn_norm[layer], eps, h)
         if mt[base + UP, GROUPS] == 0:                        # stacked gate|up
             _linear(base + GATE, mt, qbuf, sbuf, obuf, bbuf, h, gu)
@@ -135,37 +174,28 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
         else:
             silu_mul(g, u, g)
         _linear(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, g, tmp)
-        if post_ffw_norm.shape[0] > 0:
-            rmsnorm(tmp, post_ffw_norm[layer], eps, tmp)
-        for j in range(d):
-            x[0, j] += tmp[0, j]
+        _add_residual(x, tmp, post_ffw_norm, layer, eps, tmp)
     rmsnorm(x, out_norm, eps, h)
     _linear(head, mt, qbuf, sbuf, obuf, bbuf, h, logits)
     if softcap > 0:
-        for j in range(logits.shape[1]):
-            logits[0, j] = np.float32(math.tanh(logits[0, j] / softcap)) * softcap
+        _softcap(logits, softcap, 0, logits.shape[1])
 
 
 @njit(cache=True)
 def _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
     """Rows of row groups g0..g1-1 of out = x_hat @ W_i.T (+ b_i), x_hat given by quantize_rows'
     outputs for one row (1, ...). Integer-dot kinds only."""
-    g, r, kind = mt[i, GROUPS], mt[i, ROWS], mt[i, KIND]
-    q = qbuf[mt[i, Q_AT]:mt[i, Q_AT] + g * mt[i, COLS] * r].reshape((g, mt[i, COLS], r))
-    sa, ns, oa, no = mt[i, S_AT], mt[i, N_GROUPS], mt[i, O_AT], mt[i, O_GROUPS]
+    kind, q = mt[i, KIND], _codes(i, mt, qbuf)
     if kind_is_scale16(kind):          # float16 scales and offsets (VNNI kinds only)
-        sc = sbuf[sa:sa + 2 * g * ns * r].view(np.uint16).reshape((g, ns, r))
-        of = obuf[oa:oa + 2 * g * no * r].view(np.uint16).reshape((g, no, r))
+        sc, of = _scales16(i, mt, sbuf, obuf)
         matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
     else:
-        sc = sbuf[sa:sa + 4 * g * ns * r].view(np.float32).reshape((g, ns, r))
-        of = obuf[oa:oa + 4 * g * no * r].view(np.float32).reshape((g, no, r))
+        sc, of = _scales32(i, mt, sbuf, obuf)
         if kind_is_vnni(kind):
             matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
         else:
             matvec_int8dot_groups(kind, q, sc, of, xq[0], xd[0], xqs[0], out[0], g0, g1)
-    for j in range(g0 * r, min(g1 * r, mt[i, B_LEN])):
-        out[0, j] += bbuf[mt[i, B_AT] + j]
+    _add_bias(i, mt, bbuf, out, g0 * mt[i, ROWS], g1 * mt[i, ROWS])
 
 
 @njit(cache=True)
@@ -205,8 +235,8 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
     the activations' int8 quantization, the gate) itself, rather than wait for one to share it;
     attention splits by KV head (and slices of its query heads when there are fewer KV heads than
     threads), each thread writing the cache rows of the KV heads it attends with. state: int64
-    (sync.STATE_LEN + 8 * n_matrices,) zeros: the barrier's, then a counter per matrix. Returns False, having done nothing, when the threads did not run side by
-    side (sync.arrive).
+    (sync.STATE_LEN + 8 * n_matrices,) zeros: the barrier's, then a counter per matrix. Returns False,
+    having done nothing, when the threads did not run side by side (sync.arrive).
     """
     n_layer, d = attn_norm.shape
     nq, nk = n_head * head_dim, n_kv * head_dim
@@ -226,7 +256,7 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
             continue
         x = np.empty((1, d), np.float32)                    # this thread's residual stream
         h = np.empty((1, d), np.float32)
-        t2 = np.empty((1, d), np.float32)
+        t2 = np.empty((1, d), np.float32)                   # the normed o / down output
         k3 = np.empty((1, n_kv, head_dim), np.float32)
         a = np.empty((1, n_ff), np.float32)
         xq, xd, xqs = np.empty(kmax, np.int8), np.empty(kmax // 32, np.float32), np.empty(kmax // 16, np.int32)
@@ -269,12 +299,7 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
             aq, ad, aqs = _quantize(att.reshape(1, nq), nq, xq, xd, xqs)
             _linear_share(base + O, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, nt, state)
             barrier(state, nt)
-            if post_attn_norm.shape[0] > 0:
-                rmsnorm(tmp, post_attn_norm[layer], eps, t2)
-            else:
-                t2[:] = tmp
-            for j in range(d):
-                x[0, j] += t2[0, j]
+            _add_residual(x, tmp, post_attn_norm, layer, eps, t2)
             rmsnorm(x, ffn_norm[layer], eps, h)
             aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
             if mt[base + UP, GROUPS] == 0:                    # stacked gate|up
@@ -290,20 +315,14 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
             aq, ad, aqs = _quantize(a, n_ff, xq, xd, xqs)
             _linear_share(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, nt, state)
             barrier(state, nt)
-            if post_ffw_norm.shape[0] > 0:
-                rmsnorm(tmp, post_ffw_norm[layer], eps, t2)
-            else:
-                t2[:] = tmp
-            for j in range(d):
-                x[0, j] += t2[0, j]
+            _add_residual(x, tmp, post_ffw_norm, layer, eps, t2)
         rmsnorm(x, out_norm, eps, h)
         aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
         _linear_share(head, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, logits, nt, state)
         if softcap > 0:
             barrier(state, nt)
             n_vocab = logits.shape[1]
-            for j in range(tid * n_vocab // nt, (tid + 1) * n_vocab // nt):
-                logits[0, j] = np.float32(math.tanh(logits[0, j] / softcap)) * softcap
+            _softcap(logits, softcap, tid * n_vocab // nt, (tid + 1) * n_vocab // nt)
     for tid in range(nt):                    # (not ok.all(): its cached code imports numba.np.arraymath)
         if not ok[tid]:
             return False
@@ -492,12 +511,10 @@ class FusedDecoder:
         return self
 
     def decode(self, *args) -> None:
-        """decode_token(*args): in one region of the pool (decode_token_pooled) where every matrix has a
-        VNNI kind and there is more than one thread, else one region per product. Three regions whose
-        threads did not run side by side turn the pooled form off for this model."""
-        import numba
-
-        nt = numba.get_num_threads()
+        """decode_token(*args): in one region of the pool (decode_token_pooled) where every matrix has an
+        integer-dot kind and there is more than one thread, else one region per product. Three regions
+        whose threads did not run side by side turn the pooled form off for this model."""
+        nt = get_num_threads()
         if self.pooled and nt > 1:
             self._state[:] = 0
             if decode_token_pooled(*args, self._state, nt):
