@@ -12,8 +12,8 @@ from .entry import entry_point, lean_caches
 def string_prefixes(buf, start, n, out):
     """Where each of n length-prefixed strings from byte `start` of buf (uint8) begins: out int64 (n,)
     gets the offset of each 8-byte little-endian length. Returns the end of the last string, or -1 when a
-    prefix or string runs past the buffer (a truncated file). Qwen2.5's 151k-token vocabulary: 0.3 ms,
-    against 0.17 s in Python."""
+    prefix or string runs past the buffer (a truncated file). Qwen2.5's 151k-token vocabulary: 0.7 ms,
+    where the Python loop it replaced took most of the header's 0.18 s."""
     pos, end = start, buf.shape[0]
     for i in range(n):
         if pos + 8 > end:
