@@ -192,3 +192,19 @@ def test_template_cache_folder_unwritable(tmp_path, monkeypatch):
     ct._compile.cache_clear()
     assert ct.render("{{ messages[0].content }}", [{"role": "user", "content": "x"}]) == "x"
     ct._compile.cache_clear()
+
+
+def test_template_cache_that_cannot_be_written(tmp_path, monkeypatch):
+    """A cache folder that exists but refuses the write: the template is compiled and used all the same."""
+    from jinja2 import FileSystemBytecodeCache
+    from localllm import chat_template as ct
+
+    def refuse(self, bucket):
+        raise PermissionError("read-only")
+
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path))
+    monkeypatch.setattr(FileSystemBytecodeCache, "dump_bytecode", refuse)
+    ct._compile.cache_clear()
+    assert ct.render("<{{ messages[0].content }}>", [{"role": "user", "content": "x"}]) == "<x>"
+    assert not list((tmp_path / "templates").iterdir())
+    ct._compile.cache_clear()
