@@ -186,9 +186,9 @@ def compare_model(path: str, args, llama_python: str | None) -> dict:
            "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0}
     read, total = bytes_per_token(path)
     entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
-             "decode_limit_tps": args.bandwidth / read, "localllm": None, "llama_cpp": None}
+             "decode_limit_tps": args.bandwidth / read}
     ours, theirs = [], []
-    for r in range(getattr(args, "rounds", 1)):
+    for r in range(args.rounds):
         # alternate which engine goes first, so that a slow minute does not always fall on the same one
         for engine in (("localllm", "llama_cpp") if r % 2 == 0 else ("llama_cpp", "localllm")):
             if engine == "localllm":
