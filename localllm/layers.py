@@ -148,8 +148,10 @@ def fuse(linears: list[Linear]) -> Linear | None:
         q, dot = np.concatenate([p.q for p in pms]), None
     scale = np.concatenate([p.scale for p in pms])
     offset = np.concatenate([p.offset for p in pms])
+    factors = (tuple(np.concatenate(f) for f in zip(*(p.factors for p in pms)))
+               if all(p.factors is not None for p in pms) else None)
     return stacked(linears, PackedMatrix(sum(p.n_rows for p in pms), first.n_cols, first.gs, first.nibbles, q,
-                                         scale, offset, dot, dot is not None))
+                                         scale, offset, dot, dot is not None, factors))
 
 
 def stacked(linears: list[Linear], packed) -> Linear:

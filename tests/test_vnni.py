@@ -96,6 +96,7 @@ def test_float16_scales_only_where_exact_and_same_results(fmt, monkeypatch):
     raw = _quantized(fmt, R * 2, 512, seed=fmt.type_id)
     x = np.random.default_rng(0).standard_normal((vnni.TT + 3, 512)).astype(np.float32)
     got = {}
+    monkeypatch.setattr(vnni, "TWO_LEVEL", False)
     for half in (False, True):
         monkeypatch.setattr(vnni, "SCALE16", half)
         pm = repack(fmt, raw)
@@ -117,6 +118,57 @@ def test_float16_scales_only_where_exact_and_same_results(fmt, monkeypatch):
         assert lay.scale16
     for a, b in zip(got[False], got[True]):
         np.testing.assert_array_equal(a, b)
+
+
+KFMTS = [f for f in FMTS if f.factors is not None]
+
+
+@needs_vnni
+@pytest.mark.parametrize("fmt", KFMTS, ids=[f.name for f in KFMTS])
+def test_two_level_scales(fmt, monkeypatch):
+    """K-quant scales in two levels (int8 per group, float32 per super-block): the factors give the
+    codes' float32 scales and offsets exactly, the dequantized rows are the same bit for bit, products
+    agree to float32 rounding (the kernel's multiplies in another order), and fewer bytes are kept.
+    Q3_K's 4-bit codes fold their shift into the offsets (repack), so it keeps float32 scales."""
+    from localllm.kernels.repacked import from_two_level
+    from localllm.layers import Linear
+
+    raw = _quantized(fmt, R * 2 + 5, 512, seed=fmt.type_id)
+    blocks = raw.reshape(-1, fmt.type_size)
+    _, scale, offset = fmt.codes(blocks)
+    d, sc, dm, m = fmt.factors(blocks)
+    np.testing.assert_array_equal(d * sc.astype(np.float32), scale)
+    np.testing.assert_array_equal(dm * m.astype(np.float32), offset)
+    x = np.random.default_rng(1).standard_normal((vnni.TT + 3, 512)).astype(np.float32)
+    got = {}
+    for two in (False, True):
+        monkeypatch.setattr(vnni, "TWO_LEVEL", two)
+        pm = repack(fmt, raw)
+        f32 = (pm.scale.copy(), pm.offset.copy())
+        lay = pm.int8dot()
+        lo, hi = fmt.code_range
+        want = two and not (hi - lo <= 15 and lo != 0)
+        assert lay.two_level == want == avx2.kind_is_two_level(lay.kind) == (pm.scale.ndim == 4)
+        assert pm.factors is None
+        for a, b in zip(pm.scales_f32(), f32):
+            np.testing.assert_array_equal(a, b)
+        if want:
+            assert pm.scale.nbytes * 2 < f32[0].nbytes
+            np.testing.assert_array_equal(from_two_level(pm.scale, pm.scale.shape[2] - 4), f32[0])
+        out = np.empty((len(x), R * 2 + 5), np.float32)
+        matmul_packed(pm, x, out)
+        one = np.empty((1, R * 2 + 5), np.float32)
+        matmul_packed(pm, x[:1], one)
+        rows = np.empty((R * 2 + 5, 512), np.float32)
+        lin = Linear.__new__(Linear)
+        lin.packed = pm
+        lin._dequantize(0, R * 2 + 5, rows)
+        got[two] = out, one, rows
+    scale = np.abs(got[False][0]).max()
+    np.testing.assert_allclose(got[True][0], got[False][0], rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(got[True][1], got[False][1], rtol=0, atol=1e-6 * scale)
+    np.testing.assert_array_equal(got[True][2], got[False][2])
+    np.testing.assert_allclose(got[True][1], x[:1] @ got[True][2].T, rtol=0, atol=0.05 * scale)
 
 
 @pytest.mark.parametrize("setting,want", [("auto", True), ("avx2", False), ("float", False)])

@@ -74,12 +74,14 @@ _CHUNK = {NIBBLES: 8, NIB5: 4, NIB6: 2, S8: 1}   # vpmaddubsw results added in i
 
 VNNI_BIT = 1024        # in a kind: run the layout with the AVX-512 VNNI kernels (vnni.py), not these
 SCALE16_BIT = 2048     # in a VNNI kind: scales and offsets are stored as float16 bits (uint16), exactly
+TWO_LEVEL_BIT = 4096   # in a VNNI kind: scales and offsets in two levels, the K-quants' own (repacked.two_level)
 
 
-def encode_kind(mode: int, lo: int, vnni: bool = False, scale16: bool = False) -> int:
-    """The `packed_matmul` kind of a layout: mode, code shift, kernel and scale width in one int (the
+def encode_kind(mode: int, lo: int, vnni: bool = False, scale16: bool = False, two_level: bool = False) -> int:
+    """The `packed_matmul` kind of a layout: mode, code shift, kernel and scale form in one int (the
     kinds array is int64)."""
-    return KIND_BASE + mode + 4 * (lo + 128) + (VNNI_BIT if vnni else 0) + (SCALE16_BIT if scale16 else 0)
+    return (KIND_BASE + mode + 4 * (lo + 128) + (VNNI_BIT if vnni else 0) + (SCALE16_BIT if scale16 else 0)
+            + (TWO_LEVEL_BIT if two_level else 0))
 
 
 @njit(cache=True)
@@ -98,6 +100,11 @@ def kind_is_scale16(kind):
     return kind >= KIND_BASE and ((kind - KIND_BASE) & SCALE16_BIT) != 0
 
 
+@njit(cache=True)
+def kind_is_two_level(kind):
+    return kind >= KIND_BASE and ((kind - KIND_BASE) & TWO_LEVEL_BIT) != 0
+
+
 @dataclass
 class Int8DotLayout:
     mode: int
@@ -105,14 +112,15 @@ class Int8DotLayout:
     q: np.ndarray            # uint8, the shape of PackedMatrix.q: (G, K/2 or K, 32), bytes reordered
     vnni: bool = False       # multiplied by the AVX-512 VNNI kernels (vnni.py) instead of these
     scale16: bool = False    # (VNNI only) the matrix's scales and offsets are float16 bits, uint16 arrays
+    two_level: bool = False  # (VNNI only) they are int8 arrays (G, n_super, 4 + groups, 32), repacked.two_level
 
     @property
     def kind(self) -> int:
-        return encode_kind(self.mode, self.lo, self.vnni, self.scale16)
+        return encode_kind(self.mode, self.lo, self.vnni, self.scale16, self.two_level)
 
     def like(self, q: np.ndarray) -> "Int8DotLayout":
         """The same layout kind over other codes (a slice or a stack of matrices of this kind)."""
-        return Int8DotLayout(self.mode, self.lo, q, self.vnni, self.scale16)
+        return Int8DotLayout(self.mode, self.lo, q, self.vnni, self.scale16, self.two_level)
 
     @property
     def nbytes(self) -> int:

@@ -24,7 +24,7 @@ from numba import get_num_threads, njit, prange
 
 from .ops import attend_heads, attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from .quantized import dequantize_row_any
-from .avx2 import KIND_BASE, kind_is_scale16, kind_is_vnni, matvec_int8dot_groups, quantize_activation
+from .avx2 import KIND_BASE, kind_is_scale16, kind_is_two_level, kind_is_vnni, matvec_int8dot_groups, quantize_activation
 from .repacked import packed_matmul
 from .vnni import matmul_vnni, matvec_vnni_groups
 from .sync import STATE_LEN, arrive, atomic_add, barrier
@@ -36,7 +36,8 @@ POOLED = os.environ.get("LOCALLLM_POOLED", "1") != "0"   # decode_token_pooled w
 
 
 # columns of the matrix table
-Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, KIND, B_AT, B_LEN = range(11)
+Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, KIND, B_AT, B_LEN, PLANE = range(12)
+# (N_GROUPS, O_GROUPS: of a two-level kind the super-blocks; PLANE its planes' rows, 4 + groups a super-block)
 
 
 @njit(cache=True, inline="always")
@@ -63,6 +64,15 @@ def _scales32(i, mt, sbuf, obuf):
 
 
 @njit(cache=True, inline="always")
+def _scales2l(i, mt, sbuf, obuf):
+    """Matrix i's two-level scales and offsets (int8 (G, n_super, PLANE, 32), repacked.two_level)."""
+    g, r, sa, ns, oa, no, p = (mt[i, GROUPS], mt[i, ROWS], mt[i, S_AT], mt[i, N_GROUPS], mt[i, O_AT],
+                               mt[i, O_GROUPS], mt[i, PLANE])
+    return (sbuf[sa:sa + g * ns * p * r].view(np.int8).reshape((g, ns, p, r)),
+            obuf[oa:oa + g * no * p * r].view(np.int8).reshape((g, no, p, r)))
+
+
+@njit(cache=True, inline="always")
 def _add_bias(i, mt, bbuf, out, j0, j1):
     """out[0, j] += b_i[j] for the columns j0..j1-1 that matrix i has a bias for."""
     for j in range(j0, min(j1, mt[i, B_LEN])):
@@ -76,6 +86,9 @@ def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
     if kind_is_scale16(mt[i, KIND]):   # float16 scales and offsets (only the VNNI kernels take them)
         sc, of = _scales16(i, mt, sbuf, obuf)
         matmul_vnni(mt[i, KIND], q, sc, of, x, out)
+    elif kind_is_two_level(mt[i, KIND]):   # so do two-level ones
+        sc2, of2 = _scales2l(i, mt, sbuf, obuf)
+        matmul_vnni(mt[i, KIND], q, sc2, of2, x, out)
     else:
         sc, of = _scales32(i, mt, sbuf, obuf)
         packed_matmul(mt[i, KIND], q, sc, of, x, out)
@@ -189,6 +202,9 @@ def _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
     if kind_is_scale16(kind):          # float16 scales and offsets (VNNI kinds only)
         sc, of = _scales16(i, mt, sbuf, obuf)
         matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
+    elif kind_is_two_level(kind):      # two-level ones (VNNI kinds only)
+        sc2, of2 = _scales2l(i, mt, sbuf, obuf)
+        matvec_vnni_groups(kind, q, sc2, of2, xq, xd, xqs, out, g0, g1)
     else:
         sc, of = _scales32(i, mt, sbuf, obuf)
         if kind_is_vnni(kind):
@@ -337,7 +353,7 @@ def pack_buffers(linears):
 
     if any(lin is not None and lin.packed is None for lin in linears):
         return None
-    mt = np.zeros((len(linears), 11), np.int64)
+    mt = np.zeros((len(linears), 12), np.int64)
     sizes = np.zeros(4, np.int64)       # running lengths of q, scale and offset (bytes, aligned), bias
     for i, lin in enumerate(linears):
         if lin is None:
@@ -346,14 +362,15 @@ def pack_buffers(linears):
         pm.int8dot()                        # build the integer-dot layout (avx2.py) where that kernel is on
         g, x, r = pm.codes.shape
         mt[i] = (sizes[0], g, x, r, sizes[1], pm.scale.shape[1], sizes[2], pm.offset.shape[1],
-                 pm.kind, sizes[3], 0 if lin.bias is None else lin.bias.size)
+                 pm.kind, sizes[3], 0 if lin.bias is None else lin.bias.size,
+                 pm.scale.shape[2] if pm.scale.ndim == 4 else 0)
         sizes += (_aligned(pm.codes.nbytes), _aligned(pm.scale.nbytes), _aligned(pm.offset.nbytes), mt[i, B_LEN])
     qbuf, sbuf, obuf = (np.zeros(n, np.uint8) for n in sizes[:3])
     bbuf = np.empty(sizes[3], np.float32)
     for i, lin in enumerate(linears):
         if lin is None:
             continue
-        pm, (qa, g, x, r, sa, ng, oa, ong, _, ba, bl) = lin.packed, mt[i]
+        pm, (qa, g, x, r, sa, ng, oa, ong, _, ba, bl, _) = lin.packed, mt[i]
         qv = qbuf[qa:qa + pm.codes.size].reshape(pm.codes.shape)
         qv[...] = pm.codes
         if pm.dot is None:
@@ -395,7 +412,7 @@ def pack_cache_dir(model_path) -> Path | None:
 
     st = os.stat(model_path)
     h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{avx2.ENABLED}|"
-                       f"{vnni.ENABLED}|{vnni.SCALE16}|{R}".encode())
+                       f"{vnni.ENABLED}|{vnni.SCALE16}|{vnni.TWO_LEVEL}|{R}".encode())
     pkg = Path(__file__).resolve().parent.parent
     for rel in _KEYED_SOURCES:
         h.update((pkg / rel).read_bytes())
@@ -429,13 +446,20 @@ def _packed_from(bufs, i: int, n_rows: int, n_cols: int):
 
     mt, qbuf, sbuf, obuf, _ = bufs
     qa, g, x, r, sa, ng, oa, ong, kind = (int(v) for v in mt[i, :9])
+    plane = int(mt[i, PLANE])
     q = qbuf[qa:qa + g * x * r].reshape(g, x, r)
-    dt = np.dtype(np.uint16 if avx2.kind_is_scale16(kind) else np.float32)
-    scale = sbuf[sa:sa + g * ng * r * dt.itemsize].view(dt).reshape(g, ng, r)
-    offset = obuf[oa:oa + g * ong * r * dt.itemsize].view(dt).reshape(g, ong, r)
+    if plane:                       # two-level: ng, ong count super-blocks
+        scale = sbuf[sa:sa + g * ng * plane * r].view(np.int8).reshape(g, ng, plane, r)
+        offset = obuf[oa:oa + g * ong * plane * r].view(np.int8).reshape(g, ong, plane, r)
+        ng *= plane - 4
+    else:
+        dt = np.dtype(np.uint16 if avx2.kind_is_scale16(kind) else np.float32)
+        scale = sbuf[sa:sa + g * ng * r * dt.itemsize].view(dt).reshape(g, ng, r)
+        offset = obuf[oa:oa + g * ong * r * dt.itemsize].view(dt).reshape(g, ong, r)
     if kind >= avx2.KIND_BASE:
         mode, lo = avx2.kind_mode_lo(kind)
-        dot = avx2.Int8DotLayout(mode, lo, q, bool(avx2.kind_is_vnni(kind)), bool(avx2.kind_is_scale16(kind)))
+        dot = avx2.Int8DotLayout(mode, lo, q, bool(avx2.kind_is_vnni(kind)), bool(avx2.kind_is_scale16(kind)),
+                                 bool(avx2.kind_is_two_level(kind)))
         return PackedMatrix(n_rows, n_cols, n_cols // ng, mode == avx2.NIBBLES, None, scale, offset, dot, True)
     return PackedMatrix(n_rows, n_cols, n_cols // ng, kind == 1, q if kind == 1 else q.view(np.int8), scale, offset)
 

@@ -10,6 +10,9 @@ weight = scale * q + offset per group of `gs` columns.
   column 2i in the low nibble, 2i+1 in the high one; the code minimum is folded into the offset.
 - other kinds keep one int8 code per weight: q8 int8 (G, K, R).
 scale, offset: float32 (G, n_groups, R). Activations stay float32; per-group sums of x apply offsets.
+For the VNNI kernels the K-quants' scales go back to the file's two levels (two_level): an int8 per group
+and a float32 per 256 columns instead of a float32 per group, the kernel forming d * sc (products within
+~1e-8 of the float32 path's, LLVM reorders the multiplies; Qwen2.5-0.5B's decode reads 398 MB, not 415 MB).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ class PackedMatrix:
     offset: np.ndarray       # float32 (G, n_groups, R), or (G, 0, R) when every offset is 0
     dot: object = None       # avx2.Int8DotLayout of the codes, built on first use; then the only copy
     dot_built: bool = False
+    factors: tuple | None = None   # the scales' two levels where the format has them (see repack), until int8dot
 
     @property
     def nbytes(self) -> int:
@@ -72,11 +76,17 @@ class PackedMatrix:
                     if all(h is not None for h in halves):
                         self.scale, self.offset = halves
                         self.dot.scale16 = True
+                if self.dot.vnni and vnni.TWO_LEVEL and not self.dot.scale16 and self.factors is not None:
+                    self.scale, self.offset = two_level(*self.factors, self.offset.shape[1] > 0)
+                    self.dot.two_level = True
+            self.factors = None
         return self.dot
 
     def scales_f32(self, g0: int = 0, g1: int | None = None):
         """(scale, offset) float32 of row groups g0..g1, whichever width they are stored in."""
         sl = slice(g0, g1)
+        if self.scale.ndim == 4:
+            return tuple(from_two_level(a[sl], self.scale.shape[2] - 4) for a in (self.scale, self.offset))
         if self.scale.dtype == np.uint16:
             return (self.scale[sl].view(np.float16).astype(np.float32),
                     self.offset[sl].view(np.float16).astype(np.float32))
@@ -89,10 +99,35 @@ def _exact_half(a: np.ndarray):
     return h.view(np.uint16) if np.array_equal(h.astype(np.float32), a) else None
 
 
+def two_level(sd, ssc, od, om, with_offsets: bool):
+    """The factors of PackedMatrix (d float32 (G, n_super, R), sc int8 (G, n_groups, R), the same for the
+    offsets) -> (scale, offset) int8 (G, n_super, 4 + groups a super-block, R): in each (G, n_super) plane
+    the R float32 d as bytes (the first 4 x R), then the int8 sc of each group (R apiece). offset has
+    n_super 0 when there are none."""
+    def pack(d, c):
+        n_grp, ns, r = d.shape
+        gps = c.shape[1] // ns
+        a = np.empty((n_grp, ns, 4 + gps, r), np.int8)
+        a[:, :, :4] = np.ascontiguousarray(d).view(np.int8).reshape(n_grp, ns, 4, r)
+        a[:, :, 4:] = c.reshape(n_grp, ns, gps, r)
+        return a
+    scale = pack(sd, ssc)
+    offset = pack(od, om) if with_offsets else scale[:, :0]
+    return scale, offset
+
+
+def from_two_level(a: np.ndarray, gps: int) -> np.ndarray:
+    """two_level's int8 (G, n_super, 4 + gps, R) -> the float32 (G, n_super * gps, R) it stands for."""
+    n_grp, ns, _, r = a.shape
+    d = np.ascontiguousarray(a[:, :, :4]).view(np.float32).reshape(n_grp, ns, 1, r)
+    return (d * a[:, :, 4:].astype(np.float32)).reshape(n_grp, ns * gps, r)
+
+
 def repack(fmt, raw: np.ndarray) -> PackedMatrix:
     """Quantized rows uint8 (n_rows, row_bytes) of format `fmt` (which has `codes`) -> PackedMatrix.
 
-    Works through CHUNK_GROUPS row groups at a time so the temporaries stay small.
+    Works through CHUNK_GROUPS row groups at a time so the temporaries stay small. Formats with `factors`
+    (the K-quants) keep those too, for int8dot, unless the code shift was folded into the offsets.
     """
     n_rows = raw.shape[0]
     n_cols = raw.shape[1] // fmt.type_size * fmt.block_size
@@ -101,6 +136,8 @@ def repack(fmt, raw: np.ndarray) -> PackedMatrix:
     n_grp = -(-n_rows // R)
     q = np.zeros((n_grp, n_cols // 2 if nibbles else n_cols, R), np.uint8 if nibbles else np.int8)
     scale = offset = None
+    keep = fmt.factors is not None and not (nibbles and lo)
+    factors = None
     for g0 in range(0, n_grp, CHUNK_GROUPS):
         r0, r1 = g0 * R, min(n_rows, (g0 + CHUNK_GROUPS) * R)
         cq, cs, co = fmt.codes(raw[r0:r1].reshape(-1, fmt.type_size))
@@ -120,9 +157,16 @@ def repack(fmt, raw: np.ndarray) -> PackedMatrix:
         _interleave_into(q[gs], cq)
         _interleave_into(scale[gs], cs)
         _interleave_into(offset[gs], co)
+        if keep:
+            fs = [f.reshape(r1 - r0, -1) for f in fmt.factors(raw[r0:r1].reshape(-1, fmt.type_size))]
+            if factors is None:
+                factors = [np.zeros((n_grp, f.shape[1], R), f.dtype) for f in fs]
+            for dst, f in zip(factors, fs):
+                _interleave_into(dst[gs], f)
     if not offset.any():
         offset = offset[:, :0]
-    return PackedMatrix(n_rows, n_cols, n_cols // scale.shape[1], nibbles, q, scale, offset)
+    return PackedMatrix(n_rows, n_cols, n_cols // scale.shape[1], nibbles, q, scale, offset,
+                        factors=None if factors is None else tuple(factors))
 
 
 def _interleave_into(dst: np.ndarray, a: np.ndarray) -> None:
@@ -296,7 +340,7 @@ def _matmul_vnni_py(kind, q, scale, offset, x, out):
 
 def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out (T, n_rows) = x (T, n_cols) @ W.T."""
-    if pm.dot is not None and pm.dot.scale16:      # float16 scales: only the VNNI kernels take them
+    if pm.dot is not None and (pm.dot.scale16 or pm.dot.two_level):   # only the VNNI kernels take these
         _matmul_vnni_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
         return out
     _packed_matmul_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)

@@ -58,6 +58,8 @@ ENABLED = AVAILABLE and avx2.ENABLED and os.environ.get("LOCALLLM_KERNEL", "auto
 # Scales and offsets kept as float16 where that is exact (read when matrices are packed); LOCALLLM_SCALE16=0
 # keeps float32 (for A/B runs and the tests of both forms).
 SCALE16 = os.environ.get("LOCALLLM_SCALE16", "1") != "0"
+# The K-quants' scales in their two levels (repacked.two_level); LOCALLLM_TWO_LEVEL=0 keeps float32.
+TWO_LEVEL = os.environ.get("LOCALLLM_TWO_LEVEL", "1") != "0"
 
 TT = 4                 # activation rows per prefill tile (weights unpacked once for all of them)
 T_CHUNK = 256           # activation rows per pass over the matrix (256 x K int8 codes: about one core's L2)
@@ -68,6 +70,7 @@ _V32I8 = ir.VectorType(_I8, 32)
 _V8I32 = ir.VectorType(_I32, 8)
 _V8F = ir.VectorType(ir.FloatType(), 8)
 _V8I16 = ir.VectorType(ir.IntType(16), 8)
+_V8I8 = ir.VectorType(_I8, 8)
 _V8H = ir.VectorType(ir.HalfType(), 8)
 _FAST = ("fast",)
 
@@ -75,35 +78,43 @@ _FAST = ("fast",)
 def _make_tile(tt: int):
     """The LLVM IR kernel for tt activation rows x one 32-row, 32-column block of a matrix.
 
-    tile(mode, halves, q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc):
+    tile(mode, halves, q, qat, xq, xat, xstride, scale, sat, sdat, offset, oat, odat, dv, cv, xsv, has_off, acc):
     mode (NIBBLES, NIB5, NIB6, S8) and halves (scale groups per block: 1 or 2) pick one of the eight
     bodies compiled into it (a switch; the values are the same for every block of a matrix),
     q uint8 (the layout's bytes, block at qat), xq int8 (row t of the tile at xat + t*xstride),
     scale/offset float32, or uint16 holding float16 (this block's first group of row 0 at sat/oat,
-    halves 32 apart, octets 8),
+    halves 32 apart, octets 8), or int8 two-level planes (repacked.two_level: the group's int8 sc at byte
+    sat/oat as before, the plane's float32 d of row 0 at byte sdat/odat; the scale is d * sc, in float32),
     dv float32 (tt,) activation scale d per row, cv int32 (2*tt,) code-shift correction per row and
     half (lo * sum(x_q)), xsv float32 (2*tt,) d * sum(x_q) per row and half (for offsets),
     acc float32 (tt, 32) += the block's contribution.
     """
     @intrinsic
-    def tile(typingctx, mode, halves, q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc):
-        sig = types.void(mode, halves, q, qat, xq, xat, xstride, scale, sat, offset, oat, dv, cv, xsv, has_off, acc)
+    def tile(typingctx, mode, halves, q, qat, xq, xat, xstride, scale, sat, sdat, offset, oat, odat, dv, cv, xsv,
+             has_off, acc):
+        sig = types.void(mode, halves, q, qat, xq, xat, xstride, scale, sat, sdat, offset, oat, odat, dv, cv, xsv,
+                         has_off, acc)
 
         def codegen(context, builder, signature, all_args):
             a_mode, a_halves, args = all_args[0], all_args[1], all_args[2:]
-            (_, a_qat, _, a_xat, a_xs, _, a_sat, _, a_oat, _, _, _, a_has, _) = args
+            (_, a_qat, _, a_xat, a_xs, _, a_sat, a_sdat, _, a_oat, a_odat, _, _, _, a_has, _) = args
             arr = lambda i: context.make_array(signature.args[i + 2])(context, builder, args[i]).data
-            qp, xp, sp, op, dp, cp, xsp, ap = arr(0), arr(2), arr(5), arr(7), arr(9), arr(10), arr(11), arr(13)
+            qp, xp, sp, op, dp, cp, xsp, ap = arr(0), arr(2), arr(5), arr(8), arr(11), arr(12), arr(13), arr(15)
             i64 = lambda v: builder.sext(v, _I64) if v.type != _I64 else v
             qat64, xat64, xs64, sat64, oat64 = (i64(v) for v in (a_qat, a_xat, a_xs, a_sat, a_oat))
+            sdat64, odat64 = i64(a_sdat), i64(a_odat)
             c64 = lambda n: ir.Constant(_I64, n)
             lo4 = ir.Constant(_V32I8, [15] * 32)
             sh4 = ir.Constant(_V32I8, [4] * 32)
             flip = ir.Constant(_V32I8, [-128] * 32)
             vdp = lambda acc, w, x: _x86(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I32, acc, w, x)
-            s16, o16 = (signature.args[i].dtype == types.uint16 for i in (7, 9))
+            s16, o16 = (signature.args[i].dtype == types.uint16 for i in (7, 10))
+            two = signature.args[7].dtype == types.int8
 
-            def fvec(ptr, at, half):              # 8 scales (float32, or float16 bits widened: vcvtph2ps)
+            def fvec(ptr, at, half, dat=None):    # 8 scales (float32, float16 bits widened: vcvtph2ps, or d * sc)
+                if two:
+                    sc = builder.sitofp(builder.sext(_vload(builder, ptr, at, _V8I8, 1), _V8I32), _V8F)
+                    return builder.fmul(_vload(builder, ptr, dat, _V8F, 4), sc)   # no fast flags: as at load
                 if half:
                     return builder.fpext(builder.bitcast(_vload(builder, ptr, at, _V8I16, 1), _V8H), _V8F)
                 return _vload(builder, ptr, at, _V8F, 4)
@@ -142,8 +153,9 @@ def _make_tile(tt: int):
                 for o in range(4):
                     w = codes(mode, o)
                     xb = opaque(xp) if tt > 1 else xp
-                    sv = [fvec(sp, builder.add(sat64, c64(32 * h + 8 * o)), s16) for h in range(halves)]
-                    ov = [fvec(op, builder.add(oat64, c64(32 * h + 8 * o)), o16)
+                    sv = [fvec(sp, builder.add(sat64, c64(32 * h + 8 * o)), s16, builder.add(sdat64, c64(32 * o)))
+                          for h in range(halves)]
+                    ov = [fvec(op, builder.add(oat64, c64(32 * h + 8 * o)), o16, builder.add(odat64, c64(32 * o)))
                           for h in range(halves)] if with_offsets else []
                     for t in range(tt):
                         accp = builder.bitcast(builder.gep(ap, [c64(32 * t + 8 * o)]), _V8F.as_pointer())
@@ -194,6 +206,14 @@ def _corrections(mode, lo):
     return -128 if mode == S8 else (lo if mode == NIB5 or mode == NIB6 else 0)
 
 
+@njit(cache=True, inline="always")
+def n_groups(scale):
+    """Scale groups a row of a matrix has: scale (G, groups, 32), or two-level (G, n_super, 4 + gps, 32)."""
+    if scale.ndim == 4:
+        return scale.shape[1] * (scale.shape[2] - 4)
+    return scale.shape[1]
+
+
 if AVAILABLE:
     _tile1, _tileT = _make_tile(1), _make_tile(TT)     # one row (decode), TT rows (prefill tiles)
 
@@ -204,7 +224,7 @@ if AVAILABLE:
         k_n = xq.shape[1]
         g_bytes = q.shape[1] * q.shape[2]
         b_bytes = g_bytes // nblk
-        ng = scale.shape[1]
+        ng = n_groups(scale)
         acc[:] = 0.0
         for b in range(nblk):
             for t in range(tt):
@@ -217,17 +237,24 @@ if AVAILABLE:
                 else:
                     cv[2 * t], cv[2 * t + 1] = corr * s0, corr * s1
                     xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0), d * np.float32(s1)
-            sat = (g * ng + b * halves) * ROWS
+            if scale.ndim == 4:     # two levels: plane (g, super-block of b), its d, then group j's sc
+                gps = scale.shape[2] - 4
+                plane = (g * scale.shape[1] + b * halves // gps) * scale.shape[2] * ROWS
+                dat, sat = plane, plane + (4 + b * halves % gps) * ROWS
+            else:
+                dat, sat = 0, (g * ng + b * halves) * ROWS
             qat, xat = g * g_bytes + b * b_bytes, t0 * k_n + b * BLOCK
             if tt == 1:
-                _tile1(mode, halves, q, qat, xq, xat, k_n, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+                _tile1(mode, halves, q, qat, xq, xat, k_n, scale, sat, dat, offset, sat, dat, dv, cv, xsv, has_off,
+                       acc)
             else:
-                _tileT(mode, halves, q, qat, xq, xat, k_n, scale, sat, offset, sat, dv, cv, xsv, has_off, acc)
+                _tileT(mode, halves, q, qat, xq, xat, k_n, scale, sat, dat, offset, sat, dat, dv, cv, xsv, has_off,
+                       acc)
 
     @njit(cache=True, inline="always")
     def _groups1(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
         """out[0, rows of groups g0..g1-1] for one activation row (decode), serially."""
-        halves = scale.shape[1] // xd.shape[1]
+        halves = n_groups(scale) // xd.shape[1]
         has_off = offset.shape[1] > 0
         corr = _corrections(mode, lo)
         n_rows = out.shape[1]
@@ -251,7 +278,7 @@ if AVAILABLE:
         """out (T, n_rows) = x_hat @ W.T for W in the int8-dot layout q (G, ..., 32), scale/offset as in
         PackedMatrix (offset (G, 0, 32) when none), x_hat given by quantize_rows' outputs (T rows)."""
         n_grp = q.shape[0]
-        halves = scale.shape[1] // xd.shape[1]
+        halves = n_groups(scale) // xd.shape[1]
         has_off = offset.shape[1] > 0
         corr = _corrections(mode, lo)
         t_n, n_rows = out.shape

@@ -7,6 +7,9 @@ Each format module registers a `QuantFormat` with
 - `codes(blocks)` (optional): the integer form, for repacking at load: (q int8 (n_blocks, block_size),
   scale float32 (n_blocks, n_groups), offset float32 (n_blocks, n_groups)) with
   weight = scale * q + offset per group of block_size // n_groups weights.
+- `factors(blocks)` (optional, K-quants): those scales and offsets as the file holds them, two levels:
+  (d float32 (n_blocks, 1), sc int8 (n_blocks, n_groups), dm float32 (n_blocks, 1), m int8 (n_blocks,
+  n_groups)) with scale == d * sc and offset == dm * m exactly (float32 products).
 Kernels (localllm.kernels.quantized) dispatch on `type_id` through `dequantize_row_any`.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ class QuantFormat:
     reference: Callable       # numpy: uint8 (n_blocks, type_size) -> float32 (n_blocks, block_size)
     codes: Callable | None = None  # numpy: blocks -> (q int8, scale, offset), see above
     code_range: tuple = (-128, 127)  # smallest and largest q that `codes` returns
+    factors: Callable | None = None  # numpy: blocks -> (d, sc, dm, m), see above
 
     def row_bytes(self, n_cols: int) -> int:
         return n_cols // self.block_size * self.type_size

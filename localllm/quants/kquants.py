@@ -279,6 +279,32 @@ def codes_q6_k(blocks: np.ndarray):
     return q.astype(np.int8), dl, np.zeros_like(dl)
 
 
+def factors_q2_k(blocks: np.ndarray):
+    sc = blocks[:, 0:16]
+    return (_ref_f16(blocks, 80), (sc & 15).astype(np.int8), -_ref_f16(blocks, 82), (sc >> 4).astype(np.int8))
+
+
+def factors_q3_k(blocks: np.ndarray):
+    n = blocks.shape[0]
+    packed = blocks[:, 96:108]
+    lo = np.concatenate([packed[:, 0:8] & 15, packed[:, 0:8] >> 4], axis=1)
+    hi = _crumbs(packed[:, 8:12], 4).reshape(n, 16)
+    sc = ((lo | (hi << 4)).astype(np.int16) - 32).astype(np.int8)
+    d = _ref_f16(blocks, 108)
+    return d, sc, np.zeros_like(d), np.zeros_like(sc)
+
+
+def _factors_k4(blocks: np.ndarray):
+    sc, mn = _k4_scales_mins(blocks[:, 4:16])
+    return _ref_f16(blocks, 0), sc.astype(np.int8), -_ref_f16(blocks, 2), mn.astype(np.int8)
+
+
+def factors_q6_k(blocks: np.ndarray):
+    sc = blocks[:, 192:208].view(np.int8).copy()
+    d = _ref_f16(blocks, 208)
+    return d, sc, np.zeros_like(d), np.zeros_like(sc)
+
+
 def _reference_from(codes):
     """weights = scale * q + offset per group, computed as ggml does ((d*sc)*q - dmin*m)."""
     def reference(blocks: np.ndarray) -> np.ndarray:
@@ -293,11 +319,16 @@ reference_q2_k, reference_q3_k, reference_q4_k, reference_q5_k, reference_q6_k =
     _reference_from(c) for c in (codes_q2_k, codes_q3_k, codes_q4_k, codes_q5_k, codes_q6_k))
 
 
-Q2_K = register(QuantFormat("Q2_K", 10, QK_K, Q2_K_SIZE, dequantize_row_q2_k, reference_q2_k, codes_q2_k, (0, 3)))
-Q3_K = register(QuantFormat("Q3_K", 11, QK_K, Q3_K_SIZE, dequantize_row_q3_k, reference_q3_k, codes_q3_k, (-4, 3)))
-Q4_K = register(QuantFormat("Q4_K", 12, QK_K, Q4_K_SIZE, dequantize_row_q4_k, reference_q4_k, codes_q4_k, (0, 15)))
-Q5_K = register(QuantFormat("Q5_K", 13, QK_K, Q5_K_SIZE, dequantize_row_q5_k, reference_q5_k, codes_q5_k, (0, 31)))
-Q6_K = register(QuantFormat("Q6_K", 14, QK_K, Q6_K_SIZE, dequantize_row_q6_k, reference_q6_k, codes_q6_k, (-32, 31)))
+Q2_K = register(QuantFormat("Q2_K", 10, QK_K, Q2_K_SIZE, dequantize_row_q2_k, reference_q2_k, codes_q2_k, (0, 3),
+                           factors_q2_k))
+Q3_K = register(QuantFormat("Q3_K", 11, QK_K, Q3_K_SIZE, dequantize_row_q3_k, reference_q3_k, codes_q3_k, (-4, 3),
+                           factors_q3_k))
+Q4_K = register(QuantFormat("Q4_K", 12, QK_K, Q4_K_SIZE, dequantize_row_q4_k, reference_q4_k, codes_q4_k, (0, 15),
+                           _factors_k4))
+Q5_K = register(QuantFormat("Q5_K", 13, QK_K, Q5_K_SIZE, dequantize_row_q5_k, reference_q5_k, codes_q5_k, (0, 31),
+                           _factors_k4))
+Q6_K = register(QuantFormat("Q6_K", 14, QK_K, Q6_K_SIZE, dequantize_row_q6_k, reference_q6_k, codes_q6_k, (-32, 31),
+                           factors_q6_k))
 
 
 lean_caches(globals())
