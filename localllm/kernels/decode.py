@@ -96,6 +96,15 @@ def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
 
 
 @njit(cache=True)
+def _embed(token, emb_raw, emb_type, emb_scale, x):
+    """x (1, D) = the token's embedding row, times emb_scale."""
+    dequantize_row_any(emb_type, emb_raw[token], x[0])
+    if emb_scale != 1.0:
+        for j in range(x.shape[1]):
+            x[0, j] *= emb_scale
+
+
+@njit(cache=True)
 def _add_residual(x, y, norm, layer, eps, scratch):
     """x += y, or x += rmsnorm(y) * norm[layer] where the model has that norm (norm (n_layer, D), else
     (0, 0)); scratch (1, D) takes the normed y and may be y itself."""
@@ -139,10 +148,7 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
     gu = np.empty((1, 2 * n_ff), np.float32)               # (1, gate | up)
     g = np.empty((1, n_ff), np.float32)
     u = np.empty((1, n_ff), np.float32)
-    dequantize_row_any(emb_type, emb_raw[token], x[0])
-    if emb_scale != 1.0:
-        for j in range(d):
-            x[0, j] *= emb_scale
+    _embed(token, emb_raw, emb_type, emb_scale, x)
     for layer in range(n_layer):
         base = layer * 7
         rmsnorm(x, attn_norm[layer], eps, h)
@@ -276,10 +282,7 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
         k3 = np.empty((1, n_kv, head_dim), np.float32)
         a = np.empty((1, n_ff), np.float32)
         xq, xd, xqs = np.empty(kmax, np.int8), np.empty(kmax // 32, np.float32), np.empty(kmax // 16, np.int32)
-        dequantize_row_any(emb_type, emb_raw[token], x[0])
-        if emb_scale != 1.0:
-            for j in range(d):
-                x[0, j] *= emb_scale
+        _embed(token, emb_raw, emb_type, emb_scale, x)
         for layer in range(n_layer):
             base = layer * 7
             rmsnorm(x, attn_norm[layer], eps, h)

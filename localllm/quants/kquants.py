@@ -241,12 +241,18 @@ def codes_q2_k(blocks: np.ndarray):
     return q.reshape(n, QK_K).astype(np.int8), dl, -ml
 
 
-def codes_q3_k(blocks: np.ndarray):
+def _q3_scales(blocks: np.ndarray) -> np.ndarray:
+    """Q3_K's 16 six-bit scales of every block, int16 (n, 16) in -32..31."""
     n = blocks.shape[0]
     packed = blocks[:, 96:108]
     lo = np.concatenate([packed[:, 0:8] & 15, packed[:, 0:8] >> 4], axis=1)      # (n, 16)
     hi = _crumbs(packed[:, 8:12], 4).reshape(n, 16)                              # (n, 16)
-    sc = (lo | (hi << 4)).astype(np.int16) - 32
+    return (lo | (hi << 4)).astype(np.int16) - 32
+
+
+def codes_q3_k(blocks: np.ndarray):
+    n = blocks.shape[0]
+    sc = _q3_scales(blocks)
     low2 = _crumbs(blocks[:, 32:96], 32).astype(np.int16)                         # (n, 2, 4, 32)
     hbit = _bits(blocks[:, 0:32], 8).reshape(n, 2, 4, 32).astype(np.int16)
     q = (low2 - 4 * (1 - hbit)).reshape(n, QK_K)
@@ -285,11 +291,7 @@ def factors_q2_k(blocks: np.ndarray):
 
 
 def factors_q3_k(blocks: np.ndarray):
-    n = blocks.shape[0]
-    packed = blocks[:, 96:108]
-    lo = np.concatenate([packed[:, 0:8] & 15, packed[:, 0:8] >> 4], axis=1)
-    hi = _crumbs(packed[:, 8:12], 4).reshape(n, 16)
-    sc = ((lo | (hi << 4)).astype(np.int16) - 32).astype(np.int8)
+    sc = _q3_scales(blocks).astype(np.int8)
     d = _ref_f16(blocks, 108)
     return d, sc, np.zeros_like(d), np.zeros_like(sc)
 
