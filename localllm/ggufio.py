@@ -1,7 +1,8 @@
 """GGUF files, memory-mapped and validated; tensors are NumPy views of the map.
 
-The header is parsed here with the `gguf` package's type tables: `gguf.GGUFReader` builds a NumPy
-object per string and takes 7 s (SmolLM2) to 24 s (Qwen2.5) to open a file; this takes ~0.1 s.
+The header is parsed here: `gguf.GGUFReader` builds a NumPy object per string and takes 7 s (SmolLM2) to
+24 s (Qwen2.5) to open a file; this takes ~0.1 s. The ggml type table is ours too (GGML_TYPES, checked
+against the `gguf` package by the tests): importing that package costs a fresh process 20-50 ms.
 """
 from __future__ import annotations
 
@@ -22,12 +23,39 @@ GGUF_MAGIC = b"GGUF"
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
-    type_id: int        # ggml type id (gguf.GGMLQuantizationType value)
+    type_id: int        # ggml type id (GGML_TYPES, gguf.GGMLQuantizationType value)
     type_name: str      # "Q4_K", "F32", ...
     shape: tuple        # NumPy order, contiguous dimension last: (n_rows, n_cols) for a matrix
     n_elements: int
     n_bytes: int
     data: np.ndarray    # raw view of the mapped file: uint8 (n_rows, row_bytes), or float32/float16 arrays
+
+
+# ggml type id -> (name, elements per block, bytes per block), as ggml.h / gguf.GGML_QUANT_SIZES have them.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8),
+    28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+}
+
+
+def ggml_type(type_id: int) -> tuple[str, int, int] | None:
+    """(name, block elements, block bytes) of a ggml type id; types newer than GGML_TYPES are looked up
+    in the installed `gguf` package. None: unknown to both."""
+    known = GGML_TYPES.get(type_id)
+    if known is not None:
+        return known
+    try:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+        qtype = GGMLQuantizationType(type_id)
+        return (qtype.name, *GGML_QUANT_SIZES[qtype])
+    except (ImportError, ValueError, KeyError):
+        return None
 
 
 _SCALAR = {  # GGUFValueType -> (struct format, size)
@@ -134,8 +162,6 @@ class GGUFFile:
         self.file_size = size
 
     def _parse(self, buf: memoryview, size: int) -> None:
-        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
         c = _Cursor(buf)
         c.pos = 4
         version = c.take("<I", 4)
@@ -160,11 +186,8 @@ class GGUFFile:
         data_start = (c.pos + align - 1) // align * align
         self.tensors: dict[str, TensorInfo] = {}
         for name, dims, type_id, offset in raw:
-            try:
-                qtype = GGMLQuantizationType(type_id)
-                block, tsize = GGML_QUANT_SIZES[qtype]
-            except (ValueError, KeyError):
-                qtype, block, tsize = None, 1, 0
+            qtype = ggml_type(type_id)
+            tname, block, tsize = qtype if qtype is not None else (f"type {type_id}", 1, 0)
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists the fastest dimension first
             n_el = int(np.prod(dims)) if dims else 1
             n_bytes = n_el // block * tsize
@@ -173,14 +196,14 @@ class GGUFFile:
                 raise EOFError
             if qtype is None:
                 data = np.frombuffer(buf, np.uint8, count=0, offset=start)
-            elif qtype.name in ("F32", "F16"):
-                data = np.frombuffer(buf, np.float32 if qtype.name == "F32" else np.float16,
+            elif tname in ("F32", "F16"):
+                data = np.frombuffer(buf, np.float32 if tname == "F32" else np.float16,
                                      count=n_el, offset=start).reshape(shape)
             else:
                 row = shape[-1] // block * tsize
                 data = np.frombuffer(buf, np.uint8, count=n_bytes, offset=start).reshape(*shape[:-1], row)
             self.tensors[name] = TensorInfo(
-                name=name, type_id=type_id, type_name=qtype.name if qtype is not None else f"type {type_id}",
+                name=name, type_id=type_id, type_name=tname,
                 shape=shape, n_elements=n_el, n_bytes=n_bytes, data=data)
 
     def release_pages(self) -> None:

@@ -98,6 +98,18 @@ def test_gguf_string_arrays(items, repeat):
     assert blob[cur.pos:] == b"tail"
 
 
+def test_ggml_type_table_matches_the_gguf_package():
+    import gguf
+    from localllm.ggufio import GGML_TYPES, ggml_type
+
+    for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
+        assert ggml_type(qtype.value) == (qtype.name, block, size)
+        if qtype.value in GGML_TYPES:
+            assert GGML_TYPES[qtype.value] == (qtype.name, block, size)
+    assert set(GGML_TYPES) >= {t.value for t in gguf.GGML_QUANT_SIZES if t.value <= 30}
+    assert ggml_type(9999) is None
+
+
 def test_gguf_string_array_overrun_is_eof():
     blob = _strings_blob([b"abc"])[:-1]
     with pytest.raises(EOFError):
@@ -130,11 +142,12 @@ def test_every_cached_kernel_loads_without_the_context_refresh():
 
 def test_a_warm_process_never_refreshes_numba(smollm2_path):
     """With every kernel in the on-disk cache, loading a model and generating imports neither Numba's
-    NumPy implementations (the context refresh: 0.2 s) nor SciPy (arraymath's BLAS probe: 0.26 s)."""
+    NumPy implementations (the context refresh: 0.2 s), SciPy (arraymath's BLAS probe: 0.26 s) nor the
+    gguf package (20-50 ms; ggufio has the type table)."""
     code = ("import sys, localllm; llm = localllm.load(sys.argv[1], n_ctx=256); "
             "print(''.join(c.text for c in llm.stream('The sky is', max_tokens=3, temperature=0)) + '|', "
-            "'numba.np.arraymath' in sys.modules, 'scipy.linalg' in sys.modules)")
+            "'numba.np.arraymath' in sys.modules, 'scipy.linalg' in sys.modules, 'gguf' in sys.modules)")
     runs = [subprocess.run([sys.executable, "-c", code, str(smollm2_path)], capture_output=True, text=True,
                            timeout=600, check=True).stdout.split("|") for _ in range(2)]
     assert runs[0][0] == runs[1][0] and runs[1][0].strip()     # the same text, cached or compiled
-    assert runs[1][1].split() == ["False", "False"]
+    assert runs[1][1].split() == ["False", "False", "False"]

@@ -12,7 +12,7 @@ def summarize(path: str | Path) -> dict:
     g = GGUFFile(path)
     md = g.metadata
     arch = g.architecture
-    types = Counter(_type_name(t) for t in g.tensors.values())
+    types = Counter(t.type_name for t in g.tensors.values())
     return {
         "name": _str(md.get("general.name")),
         "architecture": arch,
@@ -43,17 +43,8 @@ def quant_label(file_type, g) -> str:
     by_bytes = Counter()
     for t in g.tensors.values():
         if len(t.shape) >= 2:
-            by_bytes[_type_name(t)] += t.n_bytes
+            by_bytes[t.type_name] += t.n_bytes
     return by_bytes.most_common(1)[0][0] if by_bytes else "?"
-
-
-def _type_name(t) -> str:
-    # from the type id: TensorInfo.type_name has read "type 0" for F32 (an IntEnum of value 0 is falsy)
-    try:
-        from gguf import GGMLQuantizationType
-        return GGMLQuantizationType(t.type_id).name
-    except (ValueError, ImportError):
-        return t.type_name
 
 
 def brief(info: dict) -> dict:

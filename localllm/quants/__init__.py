@@ -58,11 +58,10 @@ def get_format(type_id: int, tensor_name: str = "?") -> QuantFormat:
 
 
 def _type_name(type_id: int) -> str:
-    try:
-        from gguf import GGMLQuantizationType
-        return GGMLQuantizationType(type_id).name
-    except ValueError:
-        return str(type_id)
+    from ..ggufio import ggml_type
+
+    known = ggml_type(type_id)
+    return known[0] if known is not None else str(type_id)
 
 
 def dequantize_reference(fmt: QuantFormat, raw: np.ndarray) -> np.ndarray:
