@@ -109,27 +109,27 @@ class _Cursor:
         return v
 
     def _strings(self, n: int) -> list[str]:
-        """n length-prefixed UTF-8 strings (a vocabulary: 151k for Qwen2.5). A compiled pass finds where
-        each starts (Qwen2.5's whole header 0.06 s instead of 0.18 with a Python loop); the run is then
-        decoded at once and split on its length prefixes, zeroed. A run with NUL bytes or invalid UTF-8 in
-        it is decoded one by one."""
-        from .kernels.scan import string_prefixes     # Numba: loaded for the model anyway
+        """n length-prefixed UTF-8 strings (a vocabulary: 151k for Qwen2.5). Compiled passes find where
+        each starts and copy them out with one NUL between each two, decoded at once and split there
+        (Gemma 3's 262k tokens: ~35 ms; a Python loop took 0.2 s). Strings holding NUL bytes or invalid
+        UTF-8 are decoded one by one."""
+        from .kernels.scan import join_strings, string_prefixes   # Numba: loaded for the model anyway
 
         buf, start = self.buf, self.pos
         if n > (len(buf) - start) // 8:               # each takes 8 bytes at least: a corrupt count
             raise EOFError
         at = np.empty(n, np.int64)
-        pos = string_prefixes(np.frombuffer(buf, np.uint8), start, n, at)
+        raw = np.frombuffer(buf, np.uint8)
+        pos = string_prefixes(raw, start, n, at)
         if pos < 0:
             raise EOFError
         self.pos = pos
         if n == 0:
             return []
-        run = np.frombuffer(buf, np.uint8, count=pos - start, offset=start).copy()   # (bytes,)
-        run[((at - start)[:, None] + np.arange(8)).ravel()] = 0
-        if np.count_nonzero(run == 0) == 8 * n:       # the zeroed prefixes are the only NULs
+        joined = np.empty(pos - start - 7 * n - 1, np.uint8)          # (string bytes + n - 1,)
+        if join_strings(raw, at, pos, joined) == 0:
             try:
-                return run.tobytes().decode("utf-8").split("\0" * 8)[1:]
+                return str(memoryview(joined), "utf-8").split("\0")
             except UnicodeDecodeError:
                 pass
         starts = at.tolist()

@@ -28,4 +28,25 @@ def string_prefixes(buf, start, n, out):
     return pos if pos <= end else -1
 
 
+@entry_point
+@njit(cache=True)
+def join_strings(buf, at, end, out):
+    """The strings string_prefixes found (at: their offsets, end: past the last) copied into out (uint8,
+    their bytes plus one NUL between each two), ready to decode and split at once. Returns how many NUL
+    bytes the strings themselves hold (then the split would be wrong)."""
+    n, w, nuls = at.shape[0], 0, 0
+    for i in range(n):
+        a = at[i] + 8
+        b = at[i + 1] if i + 1 < n else end
+        if i > 0:
+            out[w] = 0
+            w += 1
+        for p in range(a, b):
+            c = buf[p]
+            nuls += c == 0
+            out[w] = c
+            w += 1
+    return nuls
+
+
 lean_caches(globals())

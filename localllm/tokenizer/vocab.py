@@ -93,11 +93,11 @@ class Vocab:
             tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         n = len(tokens)
         types = meta.get("tokenizer.ggml.token_type")
-        if types is not None:
+        if types is not None:     # attrs: int64 (n,) while flags are set, a list in the Vocab
             types = np.asarray(types[:n], np.int64)
-            attrs = _ATTR_OF_TYPE[np.where((types >= 0) & (types < len(_ATTR_OF_TYPE)), types, 0)].tolist()
+            attrs = _ATTR_OF_TYPE[np.where((types >= 0) & (types < len(_ATTR_OF_TYPE)), types, 0)]
         else:
-            attrs = [TokenAttr.NORMAL] * n
+            attrs = np.full(n, TokenAttr.NORMAL, np.int64)
         raw_scores = meta.get("tokenizer.ggml.scores")
         scores = raw_scores[:n].tolist() if raw_scores is not None else [0.0] * n
         token_to_id = dict(zip(tokens, range(n)))         # the last id where a text repeats
@@ -138,7 +138,7 @@ class Vocab:
                         ids[role] = token_to_id[text]
                         attrs[ids[role]] |= TokenAttr.CONTROL
                         break
-        for i in np.flatnonzero(np.asarray(attrs) & TokenAttr.CONTROL).tolist():
+        for i in np.flatnonzero(attrs & TokenAttr.CONTROL).tolist():
             if "unused" in tokens[i]:
                 attrs[i] |= TokenAttr.UNUSED
 
@@ -162,8 +162,8 @@ class Vocab:
             attrs[by_text["</s>"]] = TokenAttr.NORMAL
 
         mask = TokenAttr.CONTROL | TokenAttr.USER_DEFINED | TokenAttr.UNKNOWN
-        special_ids = sorted(np.flatnonzero(np.asarray(attrs) & mask).tolist(), key=lambda i: -len(tokens[i].encode()))
-        return cls(model=model, pre=pre, tokens=tokens, attrs=attrs, scores=scores, token_to_id=token_to_id,
+        special_ids = sorted(np.flatnonzero(attrs & mask).tolist(), key=lambda i: -len(tokens[i].encode()))
+        return cls(model=model, pre=pre, tokens=tokens, attrs=attrs.tolist(), scores=scores, token_to_id=token_to_id,
                    merges=merges, bos_id=ids["bos"], eos_id=ids["eos"], unk_id=ids["unk"],
                    eot_id=ids["eot"], eom_id=ids["eom"], add_bos=add_bos, add_eos=add_eos,
                    add_space_prefix=add_space_prefix, eog_ids=frozenset(eog), special_ids=special_ids)
