@@ -80,7 +80,9 @@ def cold_start_s(model_path: str | os.PathLike, n_threads: int | None = None) ->
     first token (what a user waits for on `localllm run MODEL "..."`).
 
     It includes interpreter start-up, imports and loading Numba's cached kernels (the JIT cache is warm
-    once anything has run in this environment), not the process's exit. The second of two launches is
+    once anything has run in this environment), not the process's exit. The first launch leaves the chat
+    template's opening (and the model's default system prompt) in the prompt cache, which the second
+    reads; the question's own tokens are evaluated in both (see localllm.prompt_cache). The second of two launches is
     timed, with Python's bytecode cache allowed (PYTHONDONTWRITEBYTECODE dropped from the child's
     environment): an installed package has its .pyc files, and compiling localllm's sources on every
     start would add ~0.1 s that no user pays.

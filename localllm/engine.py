@@ -14,6 +14,7 @@ from ._runtime import trim_heap
 from .errors import ContextOverflowError, ModelNotFoundError
 from .generate import Chunk, stream_generate
 from .ggufio import GGUFFile
+from .prompt_cache import MIN_TOKENS as PROMPT_MIN, PromptCache, cache_dir as prompt_cache_dir
 from .sampling import SamplingParams
 
 DEFAULT_CTX = 4096   # like Ollama: a context that fits any laptop; n_ctx raises it up to the model's
@@ -38,7 +39,7 @@ class LLM:
     """A loaded model. `localllm.load(path)` makes one."""
 
     def __init__(self, model: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
-                 n_batch: int = N_BATCH):
+                 n_batch: int = N_BATCH, prompt_cache: bool = True):
         from . import arch
         from .threads import set_threads
         from .tokenizer import Tokenizer
@@ -61,6 +62,8 @@ class LLM:
         self.gguf.release_pages()
         trim_heap()
         self._ids: list[int] = []        # tokens whose keys/values are in the cache
+        root = prompt_cache_dir(self.path, n_batch) if prompt_cache else None
+        self._prompts = PromptCache(root) if root is not None else None    # prompts kept on disk
         self.load_s = time.perf_counter() - t0
 
     @property
@@ -93,14 +96,23 @@ class LLM:
                 self.model.forward(chunk, pos0 + s, self.cache, all_logits=False)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
-    def _eval(self, ids: list[int]) -> np.ndarray:
-        """Next-token logits (n_vocab,) after `ids`, reusing the cached common prefix."""
+    def _eval(self, ids: list[int], prefix: int = 0) -> np.ndarray:
+        """Next-token logits (n_vocab,) after `ids`, reusing the cached common prefix. A chat prompt's
+        first `prefix` tokens (template opening, system prompt: see prompt_cache), when a new
+        conversation starts, are evaluated on their own from position 0 or read from the prompt cache."""
         self._check_fits(len(ids))
         n = 0
         for a, b in zip(self._ids, ids):
             if a != b:
                 break
             n += 1
+        if PROMPT_MIN <= prefix < len(ids) and n < PROMPT_MIN:     # a new conversation
+            head = list(ids[:prefix])
+            if self._prompts is None or not self._prompts.restore(head, self.cache):
+                self._forward(head, 0, all_logits=False)
+                if self._prompts is not None:
+                    self._prompts.save(head, self.cache)
+            n = prefix
         n = min(n, len(ids) - 1)           # always recompute the last position for its logits
         logits = self._forward(list(ids[n:]), n, all_logits=False)[-1]
         self._ids = list(ids)
@@ -127,11 +139,12 @@ class LLM:
     # -- generation ---------------------------------------------------------------------------
     def stream(self, prompt: str | list[int], max_tokens: int = 128, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-               seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[Chunk]:
-        """Chunks of generated text (raw prompt, no chat template; special tokens in it are parsed)."""
+               seed: int | None = None, stop: list[str] | str | None = None, prefix: int = 0) -> Iterator[Chunk]:
+        """Chunks of generated text (raw prompt, no chat template; special tokens in it are parsed).
+        prefix: how many of the prompt ids are a chat prompt's reusable start (chat_split)."""
         ids = prompt if isinstance(prompt, list) else self.tokenize(prompt, add_special=True, parse_special=True)
         params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
-        return stream_generate(self, ids, params, max_tokens, [stop] if isinstance(stop, str) else stop)
+        return stream_generate(self, ids, params, max_tokens, [stop] if isinstance(stop, str) else stop, prefix)
 
     def generate(self, prompt: str | list[int], **kwargs) -> str:
         """The generated text for a raw prompt (see `stream` for the options)."""
@@ -152,7 +165,27 @@ class LLM:
             ids = ids[1:]
         return ids
 
+    def chat_split(self, messages: list[dict]) -> tuple[list[int], int]:
+        """chat_ids(messages) and how many of them come before the last user message's text (the
+        template opening, system prompt and earlier turns: what a new question shares with the last)."""
+        ids = self.chat_ids(messages)
+        last = messages[-1] if messages else None
+        if not (isinstance(last, dict) and last.get("role") == "user" and isinstance(last.get("content"), str)
+                and last["content"]):
+            return ids, 0
+        try:
+            blank = self.chat_ids([*messages[:-1], {**last, "content": ""}])
+        except Exception:                  # a template that refuses an empty message: no split
+            return ids, 0
+        n = 0
+        for a, b in zip(blank, ids):
+            if a != b:
+                break
+            n += 1
+        return ids, n
+
     def chat(self, messages: list[dict], stream: bool = False, **kwargs):
         """Reply to `messages` ([{"role": "user", "content": ...}]); a string, or chunks if stream."""
-        chunks = self.stream(self.chat_ids(messages), **kwargs)
+        ids, prefix = self.chat_split(messages)
+        chunks = self.stream(ids, prefix=prefix, **kwargs)
         return chunks if stream else "".join(c.text for c in chunks)

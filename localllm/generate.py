@@ -21,10 +21,10 @@ class Chunk:
     decode_tps: float             # generated tokens / s after the first
 
 
-def generate_step(llm, prompt_ids: list[int], sampler: Sampler, max_tokens: int) -> Iterator[int]:
+def generate_step(llm, prompt_ids: list[int], sampler: Sampler, max_tokens: int, prefix: int = 0) -> Iterator[int]:
     """Yield sampled ids until an end-of-generation token, max_tokens, or the context is full."""
     history = list(prompt_ids)
-    logits = llm._eval(prompt_ids)
+    logits = llm._eval(prompt_ids, prefix)
     for _ in range(max_tokens):
         tok = sampler(logits, history)
         if tok in llm.tokenizer.eog_ids:
@@ -51,7 +51,7 @@ def _stop_cut(text: str, stops: list[str]) -> tuple[int, bool]:
 
 
 def stream_generate(llm, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-                    stop: list[str] | None = None) -> Iterator[Chunk]:
+                    stop: list[str] | None = None, prefix: int = 0) -> Iterator[Chunk]:
     from .tokenizer import StreamingDetokenizer
 
     llm._check_fits(len(prompt_ids))
@@ -66,7 +66,7 @@ def stream_generate(llm, prompt_ids: list[int], params: SamplingParams, max_toke
                          prompt_tps=len(prompt_ids) / max((t_first or time.perf_counter()) - t0, 1e-9),
                          decode_tps=(n - 1) / max(time.perf_counter() - t_first, 1e-9) if t_first and n > 1 else 0.0)
     finish = "stop"
-    steps = generate_step(llm, prompt_ids, Sampler(params), max_tokens)
+    steps = generate_step(llm, prompt_ids, Sampler(params), max_tokens, prefix)
     for tok in steps:
         if t_first is None:
             t_first = time.perf_counter()

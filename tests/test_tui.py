@@ -37,7 +37,10 @@ class ScriptedLLM:
     def chat_ids(self, messages):
         return list(range(sum(len(m["content"]) // 4 + 4 for m in messages)))
 
-    def stream(self, ids, max_tokens=128, **sampling):
+    def chat_split(self, messages):
+        return self.chat_ids(messages), 0
+
+    def stream(self, ids, max_tokens=128, prefix=0, **sampling):
         pieces = self.REPLY.split(" ")
         for i, p in enumerate(pieces[:max_tokens]):
             time.sleep(self.delay)

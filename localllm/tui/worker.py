@@ -162,11 +162,11 @@ class EngineWorker:
             self.post(Refused(job.reply_id, "no model is loaded: /load MODEL (or Ctrl+O) picks one"))
             return
         s = job.settings
-        last_ids: dict[int, list[int]] = {}
+        last_ids: dict = {}                # 0: the prompt ids that fit, 1: their chat prefix
 
         def count(messages: list[dict]) -> int:
-            ids = llm.chat_ids(messages)
-            last_ids[0] = ids
+            ids, prefix = llm.chat_split(messages)
+            last_ids[0], last_ids[1] = ids, prefix
             return len(ids)
 
         try:
@@ -177,7 +177,7 @@ class EngineWorker:
         ids = last_ids[0]
         self.post(Started(job.reply_id, fit.dropped, len(ids)))
         max_tokens = s.max_tokens or max(1, llm.n_ctx - len(ids))
-        chunks = llm.stream(ids, max_tokens=max_tokens, **s.sampling_kwargs())
+        chunks = llm.stream(ids, max_tokens=max_tokens, prefix=last_ids[1], **s.sampling_kwargs())
         last = None
         try:
             for chunk in chunks:
