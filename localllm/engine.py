@@ -11,7 +11,7 @@ import numpy as np
 
 from . import chat_template
 from ._runtime import trim_heap
-from .errors import ContextOverflowError, ModelNotFoundError
+from .errors import ContextOverflowError, LocalLLMError, ModelNotFoundError
 from .generate import Chunk, stream_generate
 from .ggufio import GGUFFile
 from .prompt_cache import MIN_TOKENS as PROMPT_MIN, PromptCache, cache_dir as prompt_cache_dir
@@ -33,6 +33,16 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     except ImportError:
         raise ModelNotFoundError(f"{model}: no such model file") from None
     return resolve_local(str(model))
+
+
+def _common_len(a: list[int], b: list[int]) -> int:
+    """How many ids a and b share from the start."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class LLM:
@@ -101,11 +111,7 @@ class LLM:
         first `prefix` tokens (template opening, system prompt: see prompt_cache), when a new
         conversation starts, are evaluated on their own from position 0 or read from the prompt cache."""
         self._check_fits(len(ids))
-        n = 0
-        for a, b in zip(self._ids, ids):
-            if a != b:
-                break
-            n += 1
+        n = _common_len(self._ids, ids)
         if PROMPT_MIN <= prefix < len(ids) and n < PROMPT_MIN:     # a new conversation
             head = list(ids[:prefix])
             if self._prompts is None or not self._prompts.restore(head, self.cache):
@@ -175,14 +181,9 @@ class LLM:
             return ids, 0
         try:
             blank = self.chat_ids([*messages[:-1], {**last, "content": ""}])
-        except Exception:                  # a template that refuses an empty message: no split
+        except LocalLLMError:              # a template that refuses an empty message: no split
             return ids, 0
-        n = 0
-        for a, b in zip(blank, ids):
-            if a != b:
-                break
-            n += 1
-        return ids, n
+        return ids, _common_len(blank, ids)
 
     def chat(self, messages: list[dict], stream: bool = False, **kwargs):
         """Reply to `messages` ([{"role": "user", "content": ...}]); a string, or chunks if stream."""

@@ -38,7 +38,7 @@ def test_vnni_matches_references(fmt, n_rows, n_cols):
     raw = _quantized(fmt, n_rows, n_cols, seed=n_rows + n_cols)
     pm, lay = _layout(fmt, raw)
     w = dequantize_reference(fmt, raw).astype(np.float64).reshape(n_rows, n_cols)
-    for t_n in (1, 3, vnni.TT * 2 + 1, vnni.TT + vnni.TT_REM + 2, vnni.T_CHUNK + vnni.TT + vnni.TT_REM + 1):
+    for t_n in (1, 3, vnni.TT * 2 + 1, vnni.TT + 5, vnni.T_CHUNK + vnni.TT + 7):
         x = np.random.default_rng(t_n).standard_normal((t_n, n_cols)).astype(np.float32)
         x[:, :32] *= 20                   # blocks of very different magnitudes
         x[:, 32:64] = 0                   # an all-zero block (d = 0)
@@ -94,7 +94,7 @@ def test_float16_scales_only_where_exact_and_same_results(fmt, monkeypatch):
     from localllm.layers import Linear
 
     raw = _quantized(fmt, R * 2, 512, seed=fmt.type_id)
-    x = np.random.default_rng(0).standard_normal((vnni.TT + vnni.TT_REM + 1, 512)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((vnni.TT + 3, 512)).astype(np.float32)
     got = {}
     monkeypatch.setattr(vnni, "TWO_LEVEL", False)
     for half in (False, True):
@@ -139,7 +139,7 @@ def test_two_level_scales(fmt, monkeypatch):
     d, sc, dm, m = fmt.factors(blocks)
     np.testing.assert_array_equal(d * sc.astype(np.float32), scale)
     np.testing.assert_array_equal(dm * m.astype(np.float32), offset)
-    x = np.random.default_rng(1).standard_normal((vnni.TT + vnni.TT_REM + 1, 512)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((vnni.TT + 3, 512)).astype(np.float32)
     got = {}
     for two in (False, True):
         monkeypatch.setattr(vnni, "TWO_LEVEL", two)

@@ -10,9 +10,10 @@ nibbles and shifted codes as they are; Q8_0's signed codes are flipped to u8 (w 
 One tile kernel serves both paths: TT activation rows against one 32x32 block, the weight vectors
 unpacked once per row octet and used for every row of the tile. Decode runs TT = 1 over the row
 groups in parallel; prefill quantizes the whole chunk's activations to int8 per 32 columns (as
-llama.cpp does for its batched integer dots) and runs TT = 8 tiles (a 4-row one for a chunk's rest):
-110-160 GMAC/s on 2 Zen 4 cores for Qwen2.5's matrices, 5-15% more than 4-row tiles (measured
-2026-12-03, interleaved runs), ~1.4x dequantizing to float32 and calling sgemm.
+llama.cpp does for its batched integer dots) and runs TT = 8 tiles (the rows left over one at a time):
+110-180 GMAC/s on 2 Zen 4 cores for Qwen2.5's matrices (medians 0-25% above 4-row tiles in interleaved
+runs on 2026-12-03, within this VM's noise at best), ~1.4x dequantizing to float32 and calling sgemm.
+Each tile size is its own block loop (_make_group), so decode compiles only the one-row tile.
 An empty inline asm hides from LLVM that the four row octets of a tile read the same activation bytes:
 otherwise it keeps all 8*TT broadcasts live at once and spills them (1233 stack accesses in the kernel).
 
@@ -63,7 +64,6 @@ SCALE16 = os.environ.get("LOCALLLM_SCALE16", "1") != "0"
 TWO_LEVEL = os.environ.get("LOCALLLM_TWO_LEVEL", "1") != "0"
 
 TT = 8                 # activation rows per prefill tile (weights unpacked once for all of them)
-TT_REM = 4             # the tile for 4-7 rows left over (fewer go one at a time)
 T_CHUNK = 256           # activation rows per pass over the matrix (256 x K int8 codes: about one core's L2)
 PAR_CHUNKS = avx2.PAR_CHUNKS
 
@@ -217,45 +217,42 @@ def n_groups(scale):
 
 
 if AVAILABLE:
-    # one row (decode and the last rows of a chunk), TT rows (prefill tiles), TT_REM rows (a chunk's rest)
-    _tile1, _tileR, _tileT = _make_tile(1), _make_tile(TT_REM), _make_tile(TT)
-
-    @njit(cache=True, inline="always")
-    def _group(mode, halves, tt, corr, g, t0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc):
-        """acc (tt, 32) = rows t0..t0+tt of the activation against row group g, over every block."""
-        nblk = xd.shape[1]
-        k_n = xq.shape[1]
-        g_bytes = q.shape[1] * q.shape[2]
-        b_bytes = g_bytes // nblk
-        ng = n_groups(scale)
-        acc[:] = 0.0
-        for b in range(nblk):
-            for t in range(tt):
-                d = xd[t0 + t, b]
-                s0, s1 = xqs[t0 + t, 2 * b], xqs[t0 + t, 2 * b + 1]
-                dv[t] = d
-                if halves == 1:
-                    cv[2 * t], cv[2 * t + 1] = corr * (s0 + s1), 0
-                    xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0 + s1), np.float32(0.0)
+    def _make_group(tile, tt):
+        """The loop over a row group's blocks for tiles of tt rows: one per tile size, so that code
+        calling only the one-row tile (decode) does not compile the others."""
+        @njit(inline="always")
+        def group(mode, halves, corr, g, t0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc):
+            """acc (tt, 32) = rows t0..t0+tt of the activation against row group g, over every block."""
+            nblk = xd.shape[1]
+            k_n = xq.shape[1]
+            g_bytes = q.shape[1] * q.shape[2]
+            b_bytes = g_bytes // nblk
+            ng = n_groups(scale)
+            acc[:] = 0.0
+            for b in range(nblk):
+                for t in range(tt):
+                    d = xd[t0 + t, b]
+                    s0, s1 = xqs[t0 + t, 2 * b], xqs[t0 + t, 2 * b + 1]
+                    dv[t] = d
+                    if halves == 1:
+                        cv[2 * t], cv[2 * t + 1] = corr * (s0 + s1), 0
+                        xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0 + s1), np.float32(0.0)
+                    else:
+                        cv[2 * t], cv[2 * t + 1] = corr * s0, corr * s1
+                        xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0), d * np.float32(s1)
+                if scale.ndim == 4:     # two levels: plane (g, super-block of b), its d, then group j's sc
+                    gps = scale.shape[2] - 4
+                    plane = (g * scale.shape[1] + b * halves // gps) * scale.shape[2] * ROWS
+                    dat, sat = plane, plane + (4 + b * halves % gps) * ROWS
                 else:
-                    cv[2 * t], cv[2 * t + 1] = corr * s0, corr * s1
-                    xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0), d * np.float32(s1)
-            if scale.ndim == 4:     # two levels: plane (g, super-block of b), its d, then group j's sc
-                gps = scale.shape[2] - 4
-                plane = (g * scale.shape[1] + b * halves // gps) * scale.shape[2] * ROWS
-                dat, sat = plane, plane + (4 + b * halves % gps) * ROWS
-            else:
-                dat, sat = 0, (g * ng + b * halves) * ROWS
-            qat, xat = g * g_bytes + b * b_bytes, t0 * k_n + b * BLOCK
-            if tt == 1:
-                _tile1(mode, halves, q, qat, xq, xat, k_n, scale, sat, dat, offset, sat, dat, dv, cv, xsv, has_off,
-                       acc)
-            elif tt == TT_REM:
-                _tileR(mode, halves, q, qat, xq, xat, k_n, scale, sat, dat, offset, sat, dat, dv, cv, xsv, has_off,
-                       acc)
-            else:
-                _tileT(mode, halves, q, qat, xq, xat, k_n, scale, sat, dat, offset, sat, dat, dv, cv, xsv, has_off,
-                       acc)
+                    dat, sat = 0, (g * ng + b * halves) * ROWS
+                qat, xat = g * g_bytes + b * b_bytes, t0 * k_n + b * BLOCK
+                tile(mode, halves, q, qat, xq, xat, k_n, scale, sat, dat, offset, sat, dat, dv, cv, xsv, has_off, acc)
+        return group
+
+    # one row (decode, and the rows of a chunk left over), TT rows (prefill tiles)
+    _group1 = _make_group(_make_tile(1), 1)
+    _groupT = _make_group(_make_tile(TT), TT)
 
     @njit(cache=True, inline="always")
     def _groups1(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
@@ -267,7 +264,7 @@ if AVAILABLE:
         acc = np.empty((1, ROWS), np.float32)
         dv, cv, xsv = np.empty(1, np.float32), np.empty(2, np.int32), np.empty(2, np.float32)
         for g in range(g0, g1):
-            _group(mode, halves, 1, corr, g, 0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
+            _group1(mode, halves, corr, g, 0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
             r0 = g * ROWS
             for r in range(min(ROWS, n_rows - r0)):
                 out[0, r0 + r] = acc[0, r]
@@ -303,20 +300,13 @@ if AVAILABLE:
                 nr = min(ROWS, n_rows - r0)
                 t0 = c0
                 while t0 + TT <= c1:
-                    _group(mode, halves, TT, corr, g, t0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
+                    _groupT(mode, halves, corr, g, t0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
                     for t in range(TT):
                         for r in range(nr):
                             out[t0 + t, r0 + r] = acc[t, r]
                     t0 += TT
-                if t0 + TT_REM <= c1:
-                    _group(mode, halves, TT_REM, corr, g, t0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv,
-                           acc)
-                    for t in range(TT_REM):
-                        for r in range(nr):
-                            out[t0 + t, r0 + r] = acc[t, r]
-                    t0 += TT_REM
                 for t1 in range(t0, c1):    # the rows left over, one at a time
-                    _group(mode, halves, 1, corr, g, t1, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
+                    _group1(mode, halves, corr, g, t1, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
                     for r in range(nr):
                         out[t1, r0 + r] = acc[0, r]
 else:
