@@ -22,6 +22,9 @@ from test_quants import _quantized
 _load_all()
 FMTS = sorted((f for f in FORMATS.values() if f.codes), key=lambda f: f.type_id)
 needs_vnni = pytest.mark.skipif(not vnni.AVAILABLE, reason="the CPU has no AVX-512 VNNI (or LLVM < 22)")
+needs_avx2 = pytest.mark.skipif(not avx2.AVAILABLE, reason="the CPU has no AVX2")
+# the integer-dot kernels that take float16 and two-level scales: each where the CPU has it
+DOT_KERNELS = [pytest.param("avx2", marks=needs_avx2), pytest.param("vnni", marks=needs_vnni)]
 
 
 def _layout(fmt, raw, use_vnni=True):
@@ -85,23 +88,26 @@ def test_kind_carries_the_kernel():
         assert not avx2.kind_is_vnni(k) and not avx2.kind_is_scale16(k)
 
 
-@needs_vnni
+@pytest.mark.parametrize("kernel", DOT_KERNELS)
 @pytest.mark.parametrize("fmt", FMTS, ids=[f.name for f in FMTS])
-def test_float16_scales_only_where_exact_and_same_results(fmt, monkeypatch):
-    """With LOCALLLM_SCALE16 on, a VNNI layout keeps scales and offsets as float16 bits exactly when
-    float16 holds every one of them (always for the legacy formats, whose d and m are float16 in the
-    file), and its products and dequantized rows equal the float32-scale layout's bit for bit."""
+def test_float16_scales_only_where_exact_and_same_results(fmt, kernel, monkeypatch):
+    """With LOCALLLM_SCALE16 on, an integer-dot layout (AVX2 or VNNI) keeps scales and offsets as float16
+    bits exactly when float16 holds every one of them (always for the legacy formats, whose d and m are
+    float16 in the file), and its dequantized rows equal the float32-scale layout's bit for bit, its products
+    too with VNNI (to float32 rounding with AVX2)."""
     from localllm.layers import Linear
 
     raw = _quantized(fmt, R * 2, 512, seed=fmt.type_id)
     x = np.random.default_rng(0).standard_normal((vnni.TT + 3, 512)).astype(np.float32)
     got = {}
     monkeypatch.setattr(vnni, "TWO_LEVEL", False)
+    monkeypatch.setattr(vnni, "ENABLED", kernel == "vnni")
     for half in (False, True):
         monkeypatch.setattr(vnni, "SCALE16", half)
         pm = repack(fmt, raw)
         f32 = (pm.scale.copy(), pm.offset.copy())
         lay = pm.int8dot()
+        assert lay.vnni == (kernel == "vnni")
         exact = all(np.array_equal(a.astype(np.float16).astype(np.float32), a) for a in f32)
         assert lay.scale16 == (half and exact) == avx2.kind_is_scale16(lay.kind)
         assert pm.scale.dtype == (np.uint16 if lay.scale16 else np.float32)
@@ -116,20 +122,25 @@ def test_float16_scales_only_where_exact_and_same_results(fmt, monkeypatch):
         got[half] = out, rows
     if fmt.name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
         assert lay.scale16
-    for a, b in zip(got[False], got[True]):
-        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got[True][1], got[False][1])
+    if kernel == "vnni":
+        np.testing.assert_array_equal(got[True][0], got[False][0])
+    else:   # the AVX2 block's fast-math multiplies may be ordered otherwise: float32 rounding apart
+        scale = np.abs(got[False][0]).max()
+        np.testing.assert_allclose(got[True][0], got[False][0], rtol=0, atol=1e-6 * scale)
 
 
 KFMTS = [f for f in FMTS if f.factors is not None]
 
 
-@needs_vnni
+@pytest.mark.parametrize("kernel", DOT_KERNELS)
 @pytest.mark.parametrize("fmt", KFMTS, ids=[f.name for f in KFMTS])
-def test_two_level_scales(fmt, monkeypatch):
-    """K-quant scales in two levels (int8 per group, float32 per super-block): the factors give the
-    codes' float32 scales and offsets exactly, the dequantized rows are the same bit for bit, products
-    agree to float32 rounding (the kernel's multiplies in another order), and fewer bytes are kept.
-    Q3_K's 4-bit codes fold their shift into the offsets (repack), so it keeps float32 scales."""
+def test_two_level_scales(fmt, kernel, monkeypatch):
+    """K-quant scales in two levels (int8 per group, float32 per super-block), for the AVX2 and the VNNI
+    kernel: the factors give the codes' float32 scales and offsets exactly, the dequantized rows are the
+    same bit for bit, products agree to float32 rounding (the kernel's multiplies in another order), and
+    fewer bytes are kept. Q3_K's 4-bit codes fold their shift into the offsets (repack), so it keeps
+    float32 scales."""
     from localllm.kernels.repacked import from_two_level
     from localllm.layers import Linear
 
@@ -141,11 +152,13 @@ def test_two_level_scales(fmt, monkeypatch):
     np.testing.assert_array_equal(dm * m.astype(np.float32), offset)
     x = np.random.default_rng(1).standard_normal((vnni.TT + 3, 512)).astype(np.float32)
     got = {}
+    monkeypatch.setattr(vnni, "ENABLED", kernel == "vnni")
     for two in (False, True):
         monkeypatch.setattr(vnni, "TWO_LEVEL", two)
         pm = repack(fmt, raw)
         f32 = (pm.scale.copy(), pm.offset.copy())
         lay = pm.int8dot()
+        assert lay.vnni == (kernel == "vnni")
         lo, hi = fmt.code_range
         want = two and not (hi - lo <= 15 and lo != 0)
         assert lay.two_level == want == avx2.kind_is_two_level(lay.kind) == (pm.scale.ndim == 4)

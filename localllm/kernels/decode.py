@@ -24,7 +24,8 @@ from numba import get_num_threads, njit, prange
 
 from .ops import attend_heads, attention, attention_serial, gelu_tanh_mul, rmsnorm, rope, silu_mul
 from .quantized import dequantize_row_any
-from .avx2 import KIND_BASE, kind_is_scale16, kind_is_two_level, kind_is_vnni, matvec_int8dot_groups, quantize_activation
+from .avx2 import (KIND_BASE, kind_is_scale16, kind_is_two_level, kind_is_vnni, matvec_int8dot, matvec_int8dot_groups,
+                   quantize_activation)
 from .repacked import packed_matmul
 from .vnni import matmul_vnni, matvec_vnni_groups
 from .sync import STATE_LEN, arrive, atomic_add, barrier
@@ -83,12 +84,21 @@ def _add_bias(i, mt, bbuf, out, j0, j1):
 def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
     """out = x @ W_i.T (+ b_i) for matrix i of the table."""
     q = _codes(i, mt, qbuf)
-    if kind_is_scale16(mt[i, KIND]):   # float16 scales and offsets (only the VNNI kernels take them)
+    kind = mt[i, KIND]
+    if kind_is_scale16(kind):          # float16 scales and offsets
         sc, of = _scales16(i, mt, sbuf, obuf)
-        matmul_vnni(mt[i, KIND], q, sc, of, x, out)
-    elif kind_is_two_level(mt[i, KIND]):   # so do two-level ones
+        if kind_is_vnni(kind):
+            matmul_vnni(kind, q, sc, of, x, out)
+        else:
+            for t in range(x.shape[0]):
+                matvec_int8dot(kind, q, sc, of, x[t], out[t])
+    elif kind_is_two_level(kind):      # two-level ones
         sc2, of2 = _scales2l(i, mt, sbuf, obuf)
-        matmul_vnni(mt[i, KIND], q, sc2, of2, x, out)
+        if kind_is_vnni(kind):
+            matmul_vnni(kind, q, sc2, of2, x, out)
+        else:
+            for t in range(x.shape[0]):
+                matvec_int8dot(kind, q, sc2, of2, x[t], out[t])
     else:
         sc, of = _scales32(i, mt, sbuf, obuf)
         packed_matmul(mt[i, KIND], q, sc, of, x, out)
@@ -205,12 +215,18 @@ def _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
     """Rows of row groups g0..g1-1 of out = x_hat @ W_i.T (+ b_i), x_hat given by quantize_rows'
     outputs for one row (1, ...). Integer-dot kinds only."""
     kind, q = mt[i, KIND], _codes(i, mt, qbuf)
-    if kind_is_scale16(kind):          # float16 scales and offsets (VNNI kinds only)
+    if kind_is_scale16(kind):          # float16 scales and offsets
         sc, of = _scales16(i, mt, sbuf, obuf)
-        matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
-    elif kind_is_two_level(kind):      # two-level ones (VNNI kinds only)
+        if kind_is_vnni(kind):
+            matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
+        else:
+            matvec_int8dot_groups(kind, q, sc, of, xq[0], xd[0], xqs[0], out[0], g0, g1)
+    elif kind_is_two_level(kind):      # two-level ones
         sc2, of2 = _scales2l(i, mt, sbuf, obuf)
-        matvec_vnni_groups(kind, q, sc2, of2, xq, xd, xqs, out, g0, g1)
+        if kind_is_vnni(kind):
+            matvec_vnni_groups(kind, q, sc2, of2, xq, xd, xqs, out, g0, g1)
+        else:
+            matvec_int8dot_groups(kind, q, sc2, of2, xq[0], xd[0], xqs[0], out[0], g0, g1)
     else:
         sc, of = _scales32(i, mt, sbuf, obuf)
         if kind_is_vnni(kind):

@@ -64,19 +64,21 @@ class PackedMatrix:
         that kernel is off or does not apply.
         Built lazily, so matrices that `layers.fuse` stacks never build their own. Once built it is the
         only copy of the codes: q is dropped, and every kernel here reads the layout instead.
-        For the VNNI kernels, scales and offsets that float16 holds exactly (the legacy formats' d and m
-        are float16 in the file) are kept as float16 bits (uint16): 2 bytes a group less to stream."""
+        Scales and offsets that float16 holds exactly (the legacy formats' d and m are float16 in the
+        file) are kept as float16 bits (uint16), and the K-quants' in their two levels (`two_level`): a
+        matrix streams the bytes its file holds, near enough (LOCALLLM_SCALE16=0, LOCALLLM_TWO_LEVEL=0:
+        float32 instead)."""
         if not self.dot_built:
             self.dot = avx2.build_layout(self.q, self.gs, self.nibbles, vnni.ENABLED) if avx2.ENABLED else None
             self.dot_built = True
             if self.dot is not None:
                 self.q = None
-                if self.dot.vnni and vnni.SCALE16:
+                if vnni.SCALE16:
                     halves = [_exact_half(a) for a in (self.scale, self.offset)]
                     if all(h is not None for h in halves):
                         self.scale, self.offset = halves
                         self.dot.scale16 = True
-                if self.dot.vnni and vnni.TWO_LEVEL and not self.dot.scale16 and self.factors is not None:
+                if vnni.TWO_LEVEL and not self.dot.scale16 and self.factors is not None:
                     self.scale, self.offset = two_level(*self.factors, self.offset.shape[1] > 0)
                     self.dot.two_level = True
             self.factors = None
@@ -338,10 +340,18 @@ def _matmul_vnni_py(kind, q, scale, offset, x, out):
     vnni.matmul_vnni(kind, q, scale, offset, x, out)
 
 
+@entry_point
+@njit(cache=True)
+def _matmul_int8dot_py(kind, q, scale, offset, x, out):
+    """The AVX2 integer-dot kernel row by row, for scales in float16 bits or two levels."""
+    for t in range(x.shape[0]):
+        avx2.matvec_int8dot(kind, q, scale, offset, x[t], out[t])
+
+
 def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out (T, n_rows) = x (T, n_cols) @ W.T."""
-    if pm.dot is not None and (pm.dot.scale16 or pm.dot.two_level):   # only the VNNI kernels take these
-        _matmul_vnni_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
+    if pm.dot is not None and (pm.dot.scale16 or pm.dot.two_level):   # packed_matmul takes float32 ones
+        (_matmul_vnni_py if pm.dot.vnni else _matmul_int8dot_py)(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
         return out
     _packed_matmul_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
     return out

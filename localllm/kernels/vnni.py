@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 
 from . import avx2
 from .avx2 import (BLOCK, NIB5, NIB6, NIBBLES, OCTET_BYTES, ROWS, S8, _splat, _vload, _x86, high_bits, high_vectors,
-                   kind_mode_lo, quantize_activation)
+                   kind_mode_lo, n_groups, quantize_activation)
 from .entry import lean_caches
 
 
@@ -206,14 +206,6 @@ def _make_tile(tt: int):
 def _corrections(mode, lo):
     """The code shift the kernel undoes with sum(x_q): lo for shifted modes, -128 for flipped Q8_0 codes."""
     return -128 if mode == S8 else (lo if mode == NIB5 or mode == NIB6 else 0)
-
-
-@njit(cache=True, inline="always")
-def n_groups(scale):
-    """Scale groups a row of a matrix has: scale (G, groups, 32), or two-level (G, n_super, 4 + gps, 32)."""
-    if scale.ndim == 4:
-        return scale.shape[1] * (scale.shape[2] - 4)
-    return scale.shape[1]
 
 
 if AVAILABLE:
