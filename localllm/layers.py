@@ -82,8 +82,8 @@ class Linear:
         if out is None:
             out = np.empty((t, self.n_out), np.float32)
         pm = self.packed
-        if pm is not None and (t <= SMALL_BATCH or (pm.dot is not None and pm.dot.vnni)):
-            matmul_packed(pm, x, out)     # the VNNI kernel beats dequantize + sgemm at any batch size
+        if pm is not None and (t <= SMALL_BATCH or pm.dot is not None):
+            matmul_packed(pm, x, out)     # the integer-dot kernels beat dequantize + sgemm at any batch size
         elif t == 1:
             matvec(self.type_id, self.raw, x[0], out[0])
         elif t <= SMALL_BATCH:

@@ -60,6 +60,38 @@ def test_int8dot_matches_references(fmt, n_rows, n_cols):
     assert np.abs(out - ref).max() < 1e-2 * np.abs(ref).max()
 
 
+@needs_avx2
+@pytest.mark.parametrize("fmt", FMTS, ids=[f.name for f in FMTS])
+def test_tiled_matmul_matches_references(fmt, monkeypatch):
+    """The prefill kernel (TT rows a tile, T_CHUNK rows a pass, the rows left over one at a time), with the
+    scales in the form packing gives them (float16 bits for the legacy formats, two levels for the
+    K-quants, float32 for Q3_K): each row as the NumPy reference to float rounding, and as the decode
+    kernel gives it."""
+    from localllm.kernels import vnni
+    from localllm.kernels.repacked import matmul_packed
+    monkeypatch.setattr(vnni, "ENABLED", False)
+    n_rows, n_cols = R * 2 + 5, 512
+    raw = _quantized(fmt, n_rows, n_cols, seed=fmt.type_id + 11)
+    pm = repack(fmt, raw)
+    lay = pm.int8dot()
+    assert not lay.vnni
+    form = "two" if pm.scale.ndim == 4 else pm.scale.dtype.name
+    assert form == {"Q3_K": "float32"}.get(fmt.name, "two" if fmt.factors is not None else "uint16")
+    w = dequantize_reference(fmt, raw).astype(np.float64).reshape(n_rows, n_cols)
+    rng = np.random.default_rng(5)
+    for t_n in (2, avx2.TT, avx2.TT + 3, avx2.T_CHUNK + avx2.TT + 1):
+        x = rng.standard_normal((t_n, n_cols)).astype(np.float32)
+        x[0, :32] *= 30                     # blocks of very different magnitudes
+        x[-1, 64:96] = 0                    # an all-zero block (d = 0)
+        out = np.full((t_n, n_rows), np.nan, np.float32)
+        matmul_packed(pm, x, out)
+        want = np.stack([w @ quantize_activation_reference(r) for r in x])
+        np.testing.assert_allclose(out, want, rtol=0, atol=2e-6 * np.abs(want).max())
+        one = np.empty(n_rows, np.float32)
+        avx2.matvec_int8dot(lay.kind, lay.q, pm.scale, pm.offset, x[-1], one)
+        np.testing.assert_allclose(out[-1], one, rtol=0, atol=1e-6 * np.abs(one).max())
+
+
 @pytest.mark.parametrize("fmt", FMTS, ids=[f.name for f in FMTS])
 def test_dequantize_int8dot_matches_reference(fmt):
     """The prefill path's weights from the int8-dot layout (the only copy of the codes when it is on), every

@@ -343,14 +343,16 @@ def _matmul_vnni_py(kind, q, scale, offset, x, out):
 @entry_point
 @njit(cache=True)
 def _matmul_int8dot_py(kind, q, scale, offset, x, out):
-    """The AVX2 integer-dot kernel row by row, for scales in float16 bits or two levels."""
-    for t in range(x.shape[0]):
-        avx2.matvec_int8dot(kind, q, scale, offset, x[t], out[t])
+    """The AVX2 integer-dot kernels: the decode one for one row, the tiled one for more."""
+    if x.shape[0] == 1:
+        avx2.matvec_int8dot(kind, q, scale, offset, x[0], out[0])
+    else:
+        avx2.matmul_int8dot(kind, q, scale, offset, x, out)
 
 
 def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out (T, n_rows) = x (T, n_cols) @ W.T."""
-    if pm.dot is not None and (pm.dot.scale16 or pm.dot.two_level):   # packed_matmul takes float32 ones
+    if pm.dot is not None:
         (_matmul_vnni_py if pm.dot.vnni else _matmul_int8dot_py)(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
         return out
     _packed_matmul_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)

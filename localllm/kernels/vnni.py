@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 
 from . import avx2
 from .avx2 import (BLOCK, NIB5, NIB6, NIBBLES, OCTET_BYTES, ROWS, S8, _splat, _vload, _x86, high_bits, high_vectors,
-                   kind_mode_lo, n_groups, quantize_activation)
+                   kind_mode_lo, n_groups, quantize_rows)
 from .entry import lean_caches
 
 
@@ -309,17 +309,6 @@ else:
     @njit(cache=True)
     def matvec_vnni_groups(kind, q, scale, offset, xq, xd, xqs, out, g0, g1):
         raise RuntimeError("the VNNI kernel needs AVX-512 VNNI")
-
-
-@njit(cache=True, parallel=True)
-def quantize_rows(x, xq, xd, xqs):
-    """x float32 (T, K) -> int8 codes xq (T, K), scales xd (T, K/32), sums xqs (T, K/16) per row
-    (avx2.quantize_activation's per-32-column int8 quantization, row by row)."""
-    if x.shape[0] == 1:
-        quantize_activation(x[0], xq[0], xd[0], xqs[0])
-        return
-    for t in prange(x.shape[0]):
-        quantize_activation(x[t], xq[t], xd[t], xqs[t])
 
 
 @njit(cache=True)
