@@ -658,12 +658,17 @@ else:
         raise RuntimeError("the int8-dot kernel needs AVX2")
 
 
+QUANTIZE_SERIAL = 1 << 18   # activations up to this many values are quantized without waking the pool
+
+
 @njit(cache=True, parallel=True)
 def quantize_rows(x, xq, xd, xqs):
     """x float32 (T, K) -> int8 codes xq (T, K), scales xd (T, K/32), sums xqs (T, K/16) per row
-    (quantize_activation row by row)."""
-    if x.shape[0] == 1:
-        quantize_activation(x[0], xq[0], xd[0], xqs[0])
+    (quantize_activation row by row). Serially up to QUANTIZE_SERIAL values (a short prompt's: ~1 ns a
+    value, less than a parallel region's wake-up on these VMs)."""
+    if x.shape[0] * x.shape[1] <= QUANTIZE_SERIAL:
+        for t in range(x.shape[0]):
+            quantize_activation(x[t], xq[t], xd[t], xqs[t])
         return
     for t in prange(x.shape[0]):
         quantize_activation(x[t], xq[t], xd[t], xqs[t])
