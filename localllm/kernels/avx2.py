@@ -80,6 +80,10 @@ BLOCK = 32             # columns per activation block (one d) and per kernel cal
 ROWS = 32              # rows per row group (repacked.R)
 OCTET_BYTES = {NIBBLES: 128, NIB5: 160, NIB6: 192, S8: 256}   # bytes of one row octet of a block
 _CHUNK = {NIBBLES: 8, NIB5: 4, NIB6: 2, S8: 1}   # vpmaddubsw results added in int16 before vpmaddwd
+# Bytes ahead of its block that the decode block prefetches, a line at a time (each thread streams its
+# runs of row groups): 4096 measured 2-15 % faster decode than none on a Zen 3 (Qwen2.5, 8 of 9 paired
+# runs); 1024 no gain, 8192 no better than 4096.
+PREFETCH = 4096
 
 
 VNNI_BIT = 1024        # in a kind: run the layout with the AVX-512 VNNI kernels (vnni.py), not these
@@ -308,6 +312,12 @@ def _make_block(mode: int, halves: int):
                     for c in (a_c0, a_c1)[:halves]]
             dv = _splat(builder, a_d, _V8F)
             vbytes = 32
+            if PREFETCH:
+                pf = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [qp.type, _I32, _I32, _I32]), "llvm.prefetch.p0")
+                for line in range(0, 4 * octet_bytes, 64):
+                    at = builder.gep(qp, [builder.add(qat64, ir.Constant(_I64, PREFETCH + line))])
+                    builder.call(pf, [at, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
             for o in range(4):
                 isums = []
                 hvs = high_vectors(builder, mode, qp, builder.add(qat64, ir.Constant(_I64, o * octet_bytes)))
