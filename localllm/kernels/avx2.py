@@ -268,6 +268,32 @@ def high_bits(builder, mode, hvs, i):
     return builder.and_(builder.bitcast(hv, _V32I8), ir.Constant(_V32I8, [mask] * 32))
 
 
+def _pair_sums(builder, prods, chunk):
+    """int32 <8 x i32> sum of vpmaddubsw results (<16 x i16> each): `chunk` of them added in int16, then
+    vpmaddwd against ones sums each row's pairs, and those are added in int32."""
+    ones = ir.Constant(_V16I16, [1] * 16)
+    isum = None
+    for i0 in range(0, len(prods), chunk):
+        s16 = prods[i0]
+        for p in prods[i0 + 1:i0 + chunk]:
+            s16 = builder.add(s16, p)
+        s32 = _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, s16, ones)
+        isum = s32 if isum is None else builder.add(isum, s32)
+    return isum
+
+
+def _factors(builder, ptr, form, at, dat):
+    """8 scales or offsets (rows 8o..8o+7) whose first is element `at` of ptr: float32, float16 bits
+    (widened: vcvtph2ps), or two-level (the plane's float32 d at byte `dat` times the int8 sc, multiplied
+    as repacked.from_two_level does, without fast-math flags)."""
+    if form == TWO:
+        sc = builder.sitofp(builder.sext(_vload(builder, ptr, at, _V8I8, 1), _V8I32), _V8F)
+        return builder.fmul(_vload(builder, ptr, dat, _V8F, 4), sc)
+    if form == HALF:
+        return builder.fpext(builder.bitcast(_vload(builder, ptr, at, _V8I16, 1), _V8H), _V8F)
+    return _vload(builder, ptr, at, _V8F, 4)
+
+
 def _make_block(mode: int, halves: int):
     per_octet = 8 if mode == S8 else 4                 # code vectors per row octet
     octet_bytes = OCTET_BYTES[mode]
@@ -287,19 +313,9 @@ def _make_block(mode: int, halves: int):
             qat64, xat64, sat64, oat64, dat64 = (i64(v) for v in (a_qat, a_xat, a_sat, a_oat, a_dat))
             forms = [_scale_form(signature.args[i]) for i in (4, 6)]
 
-            def fvec(ptr, form, at, o):
-                """8 factors (rows 8o..8o+7) of the group whose first row is at element `at`: float32,
-                float16 bits (widened, vcvtph2ps), or two-level (the plane's float32 d at byte dat times
-                the int8 sc, multiplied as repacked.from_two_level does)."""
-                at = builder.add(at, ir.Constant(_I64, 8 * o))
-                if form == TWO:
-                    sc = builder.sitofp(builder.sext(_vload(builder, ptr, at, _V8I8, 1), _V8I32), _V8F)
-                    dd = _vload(builder, ptr, builder.add(dat64, ir.Constant(_I64, 32 * o)), _V8F, 4)
-                    return builder.fmul(dd, sc)
-                if form == HALF:
-                    return builder.fpext(builder.bitcast(_vload(builder, ptr, at, _V8I16, 1), _V8H), _V8F)
-                return _vload(builder, ptr, at, _V8F, 4)
-            ones = ir.Constant(_V16I16, [1] * 16)
+            def fvec(ptr, form, at, o):       # the factors of row octet o of the group at element `at`
+                return _factors(builder, ptr, form, builder.add(at, ir.Constant(_I64, 8 * o)),
+                                builder.add(dat64, ir.Constant(_I64, 32 * o)))
             lo4 = ir.Constant(_V32I8, [15] * 32)
             sh4 = ir.Constant(_V32I8, [4] * 32)
             # activation quads, each 4 bytes broadcast to every 32-bit lane
@@ -338,13 +354,7 @@ def _make_block(mode: int, halves: int):
                             aw = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, w, w)
                             sx = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, xb[v], w)
                             prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, aw, sx))
-                    isum = None
-                    for i0 in range(0, len(prods), chunk):
-                        s16 = prods[i0]
-                        for p in prods[i0 + 1:i0 + chunk]:
-                            s16 = builder.add(s16, p)
-                        s32 = _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, s16, ones)
-                        isum = s32 if isum is None else builder.add(isum, s32)
+                    isum = _pair_sums(builder, prods, chunk)
                     if mode in (NIB5, NIB6):
                         isum = builder.add(isum, corr[h])
                     isums.append(isum)
@@ -393,18 +403,11 @@ def _make_tile(mode: int, halves: int):
             qat64, xat64, xs64, sat64, oat64, dat64 = (i64(args[i]) for i in (1, 3, 4, 6, 8, 9))
             c64 = lambda n: ir.Constant(_I64, n)
             forms = [_scale_form(signature.args[i]) for i in (5, 7)]
-            ones = ir.Constant(_V16I16, [1] * 16)
             lo4 = ir.Constant(_V32I8, [15] * 32)
             sh4 = ir.Constant(_V32I8, [4] * 32)
 
             def fvec(ptr, form, at, o):       # as in _make_block
-                at = builder.add(at, c64(8 * o))
-                if form == TWO:
-                    sc = builder.sitofp(builder.sext(_vload(builder, ptr, at, _V8I8, 1), _V8I32), _V8F)
-                    return builder.fmul(_vload(builder, ptr, builder.add(dat64, c64(32 * o)), _V8F, 4), sc)
-                if form == HALF:
-                    return builder.fpext(builder.bitcast(_vload(builder, ptr, at, _V8I16, 1), _V8H), _V8F)
-                return _vload(builder, ptr, at, _V8F, 4)
+                return _factors(builder, ptr, form, builder.add(at, c64(8 * o)), builder.add(dat64, c64(32 * o)))
 
             def scalar(ptr, at):
                 return builder.load(builder.gep(ptr, [c64(at)]), align=4)
@@ -446,13 +449,7 @@ def _make_tile(mode: int, halves: int):
                                 if mode == S8:
                                     x = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, x, w[i])
                                 prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, aw[i], x))
-                            isum = None
-                            for i0 in range(0, len(prods), chunk):
-                                s16 = prods[i0]
-                                for p in prods[i0 + 1:i0 + chunk]:
-                                    s16 = builder.add(s16, p)
-                                s32 = _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, s16, ones)
-                                isum = s32 if isum is None else builder.add(isum, s32)
+                            isum = _pair_sums(builder, prods, chunk)
                             if mode in (NIB5, NIB6):
                                 isum = builder.add(isum, _splat(builder, scalar(cp, 2 * t + h), _V8I32))
                             f = builder.sitofp(isum, _V8F)
@@ -510,6 +507,33 @@ def quantize_activation(x, xq, xd, xqs):
 
 
 @njit(cache=True, inline="always")
+def scale_at(scale, g, b, halves, ng):
+    """(dat, sat) of block b of row group g: where its first scale group's row 0 is (element of scale),
+    and for two-level scales (G, n_super, 4 + gps, 32) the byte of its plane's float32 d (else 0)."""
+    if scale.ndim == 4:     # two levels: plane (g, super-block of b), its d, then group j's sc
+        gps = scale.shape[2] - 4
+        plane = (g * scale.shape[1] + b * halves // gps) * scale.shape[2] * ROWS
+        return plane, plane + (4 + b * halves % gps) * ROWS
+    return 0, (g * ng + b * halves) * ROWS
+
+
+@njit(cache=True, inline="always")
+def row_factors(xd, xqs, t0, tt, b, halves, corr, dv, cv, xsv):
+    """Per activation row t0..t0+tt, for block b: dv[t] its scale d, cv[2t + h] the code-shift correction
+    corr * sum(x_q) and xsv[2t + h] d * sum(x_q) of each half h (the whole block in h = 0 when halves == 1)."""
+    for t in range(tt):
+        d = xd[t0 + t, b]
+        s0, s1 = xqs[t0 + t, 2 * b], xqs[t0 + t, 2 * b + 1]
+        dv[t] = d
+        if halves == 1:
+            cv[2 * t], cv[2 * t + 1] = corr * (s0 + s1), 0
+            xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0 + s1), np.float32(0.0)
+        else:
+            cv[2 * t], cv[2 * t + 1] = corr * s0, corr * s1
+            xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0), d * np.float32(s1)
+
+
+@njit(cache=True, inline="always")
 def n_groups(scale):
     """Scale groups a row of a matrix has: scale (G, groups, 32), or two-level (G, n_super, 4 + gps, 32)."""
     if scale.ndim == 4:
@@ -535,12 +559,7 @@ if AVAILABLE:
             for b in range(nblk):
                 qat = g * g_bytes + b * b_bytes
                 d = xd[b]
-                if scale.ndim == 4:     # two levels: plane (g, super-block of b), its d, then group j's sc
-                    gps = scale.shape[2] - 4
-                    plane = (g * scale.shape[1] + b * halves // gps) * scale.shape[2] * ROWS
-                    dat, sat = plane, plane + (4 + b * halves % gps) * ROWS
-                else:
-                    dat, sat = 0, (g * ng + b * halves) * ROWS
+                dat, sat = scale_at(scale, g, b, halves, ng)
                 if halves == 1:
                     s2 = xqs[2 * b] + xqs[2 * b + 1]
                     c0, c1 = lo * s2, 0
@@ -596,22 +615,8 @@ if AVAILABLE:
         has_off = offset.shape[1] > 0
         acc[:] = 0.0
         for b in range(nblk):
-            for t in range(TT):
-                d = xd[t0 + t, b]
-                s0, s1 = xqs[t0 + t, 2 * b], xqs[t0 + t, 2 * b + 1]
-                dv[t] = d
-                if halves == 1:
-                    cv[2 * t], cv[2 * t + 1] = lo * (s0 + s1), 0
-                    xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0 + s1), np.float32(0.0)
-                else:
-                    cv[2 * t], cv[2 * t + 1] = lo * s0, lo * s1
-                    xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0), d * np.float32(s1)
-            if scale.ndim == 4:
-                gps = scale.shape[2] - 4
-                plane = (g * scale.shape[1] + b * halves // gps) * scale.shape[2] * ROWS
-                dat, sat = plane, plane + (4 + b * halves % gps) * ROWS
-            else:
-                dat, sat = 0, (g * ng + b * halves) * ROWS
+            row_factors(xd, xqs, t0, TT, b, halves, lo, dv, cv, xsv)
+            dat, sat = scale_at(scale, g, b, halves, ng)
             qat, xat = g * g_bytes + b * b_bytes, t0 * k_n + b * BLOCK
             if halves == 1:
                 if mode == NIBBLES:
@@ -685,14 +690,21 @@ def quantize_rows(x, xq, xd, xqs):
 
 
 @njit(cache=True)
-def matmul_int8dot(kind, q, scale, offset, x, out):
-    """out (T, n_rows) = x_hat @ W.T, x float32 (T, K) quantized here to int8 per 32 columns."""
-    mode, lo = kind_mode_lo(kind)
+def quantized(x):
+    """x float32 (T, K) -> (xq int8 (T, K), xd float32 (T, K/32), xqs int32 (T, K/16)), by quantize_rows."""
     t_n, k_n = x.shape
     xq = np.empty((t_n, k_n), np.int8)
     xd = np.empty((t_n, k_n // BLOCK), np.float32)
     xqs = np.empty((t_n, k_n // 16), np.int32)
     quantize_rows(x, xq, xd, xqs)
+    return xq, xd, xqs
+
+
+@njit(cache=True)
+def matmul_int8dot(kind, q, scale, offset, x, out):
+    """out (T, n_rows) = x_hat @ W.T, x float32 (T, K) quantized here to int8 per 32 columns."""
+    mode, lo = kind_mode_lo(kind)
+    xq, xd, xqs = quantized(x)
     matmul_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out)
 
 

@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 
 from . import avx2
 from .avx2 import (BLOCK, NIB5, NIB6, NIBBLES, OCTET_BYTES, ROWS, S8, _splat, _vload, _x86, high_bits, high_vectors,
-                   kind_mode_lo, n_groups, quantize_rows)
+                   kind_mode_lo, n_groups, quantized, row_factors, scale_at)
 from .entry import lean_caches
 
 
@@ -222,22 +222,8 @@ if AVAILABLE:
             ng = n_groups(scale)
             acc[:] = 0.0
             for b in range(nblk):
-                for t in range(tt):
-                    d = xd[t0 + t, b]
-                    s0, s1 = xqs[t0 + t, 2 * b], xqs[t0 + t, 2 * b + 1]
-                    dv[t] = d
-                    if halves == 1:
-                        cv[2 * t], cv[2 * t + 1] = corr * (s0 + s1), 0
-                        xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0 + s1), np.float32(0.0)
-                    else:
-                        cv[2 * t], cv[2 * t + 1] = corr * s0, corr * s1
-                        xsv[2 * t], xsv[2 * t + 1] = d * np.float32(s0), d * np.float32(s1)
-                if scale.ndim == 4:     # two levels: plane (g, super-block of b), its d, then group j's sc
-                    gps = scale.shape[2] - 4
-                    plane = (g * scale.shape[1] + b * halves // gps) * scale.shape[2] * ROWS
-                    dat, sat = plane, plane + (4 + b * halves % gps) * ROWS
-                else:
-                    dat, sat = 0, (g * ng + b * halves) * ROWS
+                row_factors(xd, xqs, t0, tt, b, halves, corr, dv, cv, xsv)
+                dat, sat = scale_at(scale, g, b, halves, ng)
                 qat, xat = g * g_bytes + b * b_bytes, t0 * k_n + b * BLOCK
                 tile(mode, halves, q, qat, xq, xat, k_n, scale, sat, dat, offset, sat, dat, dv, cv, xsv, has_off, acc)
         return group
@@ -315,11 +301,7 @@ else:
 def matmul_vnni(kind, q, scale, offset, x, out):
     """out (T, n_rows) = x_hat @ W.T, x float32 (T, K) quantized here to int8 per 32 columns."""
     mode, lo = kind_mode_lo(kind)
-    t_n, k_n = x.shape
-    xq = np.empty((t_n, k_n), np.int8)
-    xd = np.empty((t_n, k_n // BLOCK), np.float32)
-    xqs = np.empty((t_n, k_n // 16), np.int32)
-    quantize_rows(x, xq, xd, xqs)
+    xq, xd, xqs = quantized(x)
     matmul_vnni_q(mode, lo, q, scale, offset, xq, xd, xqs, out)
 
 
