@@ -42,7 +42,7 @@ def cache_dir(model_path, n_batch: int) -> Path | None:
 
     st = os.stat(model_path)
     h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{avx2.ENABLED}|"
-                       f"{vnni.ENABLED}|{vnni.SCALE16}|{vnni.TWO_LEVEL}|{n_batch}".encode())
+                       f"{vnni.ENABLED}|{avx2.SCALE16}|{avx2.TWO_LEVEL}|{n_batch}".encode())
     pkg = Path(__file__).resolve().parent
     for p in sorted(f for d in _KEYED_DIRS for f in (pkg / d).glob("*.py")) + [pkg / f for f in _KEYED_FILES]:
         h.update(p.read_bytes())

@@ -100,10 +100,10 @@ def test_float16_scales_only_where_exact_and_same_results(fmt, kernel, monkeypat
     raw = _quantized(fmt, R * 2, 512, seed=fmt.type_id)
     x = np.random.default_rng(0).standard_normal((vnni.TT + 3, 512)).astype(np.float32)
     got = {}
-    monkeypatch.setattr(vnni, "TWO_LEVEL", False)
+    monkeypatch.setattr(avx2, "TWO_LEVEL", False)
     monkeypatch.setattr(vnni, "ENABLED", kernel == "vnni")
     for half in (False, True):
-        monkeypatch.setattr(vnni, "SCALE16", half)
+        monkeypatch.setattr(avx2, "SCALE16", half)
         pm = repack(fmt, raw)
         f32 = (pm.scale.copy(), pm.offset.copy())
         lay = pm.int8dot()
@@ -154,7 +154,7 @@ def test_two_level_scales(fmt, kernel, monkeypatch):
     got = {}
     monkeypatch.setattr(vnni, "ENABLED", kernel == "vnni")
     for two in (False, True):
-        monkeypatch.setattr(vnni, "TWO_LEVEL", two)
+        monkeypatch.setattr(avx2, "TWO_LEVEL", two)
         pm = repack(fmt, raw)
         f32 = (pm.scale.copy(), pm.offset.copy())
         lay = pm.int8dot()
@@ -211,7 +211,7 @@ def test_tiny_model_prefill_and_decode_on_vnni(tmp_path, monkeypatch):
     mt = llm.model._fused.mt
     kinds = mt[mt[:, GROUPS] > 0, KIND]         # the filled slots of the decode table
     assert len(kinds) and all(avx2.kind_is_vnni(int(k)) for k in kinds)
-    assert all(avx2.kind_is_scale16(int(k)) for k in kinds) == vnni.SCALE16   # Q4_1: float16 d and m
+    assert all(avx2.kind_is_scale16(int(k)) for k in kinds) == avx2.SCALE16   # Q4_1: float16 d and m
     tol = 3e-2 * np.abs(want).max()
     batched = llm.logits(ids)                 # chunks of 16: the tile kernel, TT rows at a time
     llm.cache.reset()

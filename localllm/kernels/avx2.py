@@ -74,6 +74,12 @@ AVAILABLE = _host_has_avx2()                                        # compiled o
 # Read when matrices are packed, so tests may set it before loading a model.
 ENABLED = AVAILABLE and os.environ.get("LOCALLLM_KERNEL", "auto").lower() not in ("float",)
 
+# Scales and offsets kept as float16 where that is exact, and the K-quants' in their two levels
+# (repacked.two_level), for both integer-dot kernels (read when matrices are packed); LOCALLLM_SCALE16=0,
+# LOCALLLM_TWO_LEVEL=0 keep float32 (for A/B runs and the tests of every form).
+SCALE16 = os.environ.get("LOCALLLM_SCALE16", "1") != "0"
+TWO_LEVEL = os.environ.get("LOCALLLM_TWO_LEVEL", "1") != "0"
+
 NIBBLES, NIB5, NIB6, S8 = range(4)
 KIND_BASE = 2          # packed_matmul kinds: 0 float int8, 1 float nibbles, >= 2 this kernel (mode, lo encoded)
 BLOCK = 32             # columns per activation block (one d) and per kernel call
@@ -603,6 +609,7 @@ if AVAILABLE:
         for c in prange(n_chunks):
             _groups_int8dot(mode, lo, q, scale, offset, xq, xd, xqs, out, c * n_grp // n_chunks,
                             (c + 1) * n_grp // n_chunks)
+
     @njit(cache=True, inline="always")
     def _tile_int8dot(mode, lo, g, t0, q, scale, offset, xq, xd, xqs, dv, cv, xsv, acc):
         """acc (TT, 32) = activation rows t0..t0+TT (quantize_rows' outputs) against row group g."""

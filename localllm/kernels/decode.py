@@ -80,6 +80,17 @@ def _add_bias(i, mt, bbuf, out, j0, j1):
         out[0, j] += bbuf[mt[i, B_AT] + j]
 
 
+@njit(cache=True, inline="always")
+def _dot_matmul(kind, q, sc, of, x, out):
+    """out = x_hat @ W.T for an integer-dot kind whose scales are float16 bits or two-level (which
+    packed_matmul does not take): the VNNI kernel, or the AVX2 one a row at a time (decode's one row)."""
+    if kind_is_vnni(kind):
+        matmul_vnni(kind, q, sc, of, x, out)
+    else:
+        for t in range(x.shape[0]):
+            matvec_int8dot(kind, q, sc, of, x[t], out[t])
+
+
 @njit(cache=True)
 def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
     """out = x @ W_i.T (+ b_i) for matrix i of the table."""
@@ -87,18 +98,10 @@ def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
     kind = mt[i, KIND]
     if kind_is_scale16(kind):          # float16 scales and offsets
         sc, of = _scales16(i, mt, sbuf, obuf)
-        if kind_is_vnni(kind):
-            matmul_vnni(kind, q, sc, of, x, out)
-        else:
-            for t in range(x.shape[0]):
-                matvec_int8dot(kind, q, sc, of, x[t], out[t])
+        _dot_matmul(kind, q, sc, of, x, out)
     elif kind_is_two_level(kind):      # two-level ones
         sc2, of2 = _scales2l(i, mt, sbuf, obuf)
-        if kind_is_vnni(kind):
-            matmul_vnni(kind, q, sc2, of2, x, out)
-        else:
-            for t in range(x.shape[0]):
-                matvec_int8dot(kind, q, sc2, of2, x[t], out[t])
+        _dot_matmul(kind, q, sc2, of2, x, out)
     else:
         sc, of = _scales32(i, mt, sbuf, obuf)
         packed_matmul(mt[i, KIND], q, sc, of, x, out)
@@ -210,6 +213,16 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
         _softcap(logits, softcap, 0, logits.shape[1])
 
 
+@njit(cache=True, inline="always")
+def _dot_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1):
+    """Rows of row groups g0..g1-1 of out (1, n) for one quantized activation row (1, ...), by the
+    integer-dot kernel of the kind (VNNI or AVX2), serially."""
+    if kind_is_vnni(kind):
+        matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
+    else:
+        matvec_int8dot_groups(kind, q, sc, of, xq[0], xd[0], xqs[0], out[0], g0, g1)
+
+
 @njit(cache=True)
 def _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
     """Rows of row groups g0..g1-1 of out = x_hat @ W_i.T (+ b_i), x_hat given by quantize_rows'
@@ -217,22 +230,13 @@ def _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
     kind, q = mt[i, KIND], _codes(i, mt, qbuf)
     if kind_is_scale16(kind):          # float16 scales and offsets
         sc, of = _scales16(i, mt, sbuf, obuf)
-        if kind_is_vnni(kind):
-            matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
-        else:
-            matvec_int8dot_groups(kind, q, sc, of, xq[0], xd[0], xqs[0], out[0], g0, g1)
+        _dot_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
     elif kind_is_two_level(kind):      # two-level ones
         sc2, of2 = _scales2l(i, mt, sbuf, obuf)
-        if kind_is_vnni(kind):
-            matvec_vnni_groups(kind, q, sc2, of2, xq, xd, xqs, out, g0, g1)
-        else:
-            matvec_int8dot_groups(kind, q, sc2, of2, xq[0], xd[0], xqs[0], out[0], g0, g1)
+        _dot_groups(kind, q, sc2, of2, xq, xd, xqs, out, g0, g1)
     else:
         sc, of = _scales32(i, mt, sbuf, obuf)
-        if kind_is_vnni(kind):
-            matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
-        else:
-            matvec_int8dot_groups(kind, q, sc, of, xq[0], xd[0], xqs[0], out[0], g0, g1)
+        _dot_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
     _add_bias(i, mt, bbuf, out, g0 * mt[i, ROWS], g1 * mt[i, ROWS])
 
 
@@ -431,7 +435,7 @@ def pack_cache_dir(model_path) -> Path | None:
 
     st = os.stat(model_path)
     h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{avx2.ENABLED}|"
-                       f"{vnni.ENABLED}|{vnni.SCALE16}|{vnni.TWO_LEVEL}|{R}".encode())
+                       f"{vnni.ENABLED}|{avx2.SCALE16}|{avx2.TWO_LEVEL}|{R}".encode())
     pkg = Path(__file__).resolve().parent.parent
     for rel in _KEYED_SOURCES:
         h.update((pkg / rel).read_bytes())

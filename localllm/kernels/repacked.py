@@ -73,12 +73,12 @@ class PackedMatrix:
             self.dot_built = True
             if self.dot is not None:
                 self.q = None
-                if vnni.SCALE16:
+                if avx2.SCALE16:
                     halves = [_exact_half(a) for a in (self.scale, self.offset)]
                     if all(h is not None for h in halves):
                         self.scale, self.offset = halves
                         self.dot.scale16 = True
-                if vnni.TWO_LEVEL and not self.dot.scale16 and self.factors is not None:
+                if avx2.TWO_LEVEL and not self.dot.scale16 and self.factors is not None:
                     self.scale, self.offset = two_level(*self.factors, self.offset.shape[1] > 0)
                     self.dot.two_level = True
             self.factors = None

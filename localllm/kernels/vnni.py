@@ -57,11 +57,6 @@ def _host_has_vnni() -> bool:
 
 AVAILABLE = avx2.AVAILABLE and _host_has_vnni()          # compiled only when True
 ENABLED = AVAILABLE and avx2.ENABLED and os.environ.get("LOCALLLM_KERNEL", "auto").lower() != "avx2"
-# Scales and offsets kept as float16 where that is exact (read when matrices are packed); LOCALLLM_SCALE16=0
-# keeps float32 (for A/B runs and the tests of both forms).
-SCALE16 = os.environ.get("LOCALLLM_SCALE16", "1") != "0"
-# The K-quants' scales in their two levels (repacked.two_level); LOCALLLM_TWO_LEVEL=0 keeps float32.
-TWO_LEVEL = os.environ.get("LOCALLLM_TWO_LEVEL", "1") != "0"
 
 TT = 8                 # activation rows per prefill tile (weights unpacked once for all of them)
 T_CHUNK = 256           # activation rows per pass over the matrix (256 x K int8 codes: about one core's L2)
