@@ -86,10 +86,11 @@ BLOCK = 32             # columns per activation block (one d) and per kernel cal
 ROWS = 32              # rows per row group (repacked.R)
 OCTET_BYTES = {NIBBLES: 128, NIB5: 160, NIB6: 192, S8: 256}   # bytes of one row octet of a block
 _CHUNK = {NIBBLES: 8, NIB5: 4, NIB6: 2, S8: 1}   # vpmaddubsw results added in int16 before vpmaddwd
-# Bytes ahead of its block that the decode block prefetches, a line at a time (each thread streams its
-# runs of row groups): 4096 measured 2-15 % faster decode than none on a Zen 3 (Qwen2.5, 8 of 9 paired
-# runs); 1024 no gain, 8192 no better than 4096.
-PREFETCH = 4096
+# Bytes ahead of its block that the decode kernel prefetches, a line at a time (each thread streams its
+# runs of row groups), by mode. On a Zen 3, streaming Qwen2.5's matrices from RAM: 4096 ahead 5-20 %
+# faster than none for the nibble modes (their unpacking is the most work a byte), 5-20 % slower for S8
+# (Q8_0, its output head); 2048 or 8192 no better than 4096.
+PREFETCH = {NIBBLES: 4096, NIB5: 4096, NIB6: 4096, S8: 0}
 
 
 VNNI_BIT = 1024        # in a kind: run the layout with the AVX-512 VNNI kernels (vnni.py), not these
@@ -220,7 +221,7 @@ def build_layout(q: np.ndarray, gs: int, nibbles: bool, vnni: bool = False) -> I
 
 
 # ---------------------------------------------------------------------------------------------------
-# The block kernel: LLVM IR for one 32-row x 32-column block, accumulating into acc float32 (32,).
+# The kernels in LLVM IR: decode's over a row group (`_make_rows`), prefill's over a block (`_make_tile`).
 
 _I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _V32I8 = ir.VectorType(_I8, 32)
@@ -300,98 +301,135 @@ def _factors(builder, ptr, form, at, dat):
     return _vload(builder, ptr, at, _V8F, 4)
 
 
-def _make_block(mode: int, halves: int):
+def _make_rows(mode: int, halves: int):
+    """The decode kernel: one row group's 32 outputs for one activation row, the loop over the row's
+    blocks written in IR with the four row octets' accumulators in registers.
+
+    rows(q, qat, xq, xd, xqs, scale, offset, g, lo, acc): q, xq, xd, xqs as in `_groups_int8dot` (row
+    group g's bytes at qat), scale/offset in any of the three forms, lo the code shift; acc float32 (32,)
+    is set to the row group's W @ x_hat. (A kernel per block, with Numba's loop around it working out
+    each block's addresses, choosing the mode and keeping the accumulators in memory, ran ~1.3x more
+    instructions a weight byte: 16-19 GB/s a core hot in cache against 17-22 here.)"""
     per_octet = 8 if mode == S8 else 4                 # code vectors per row octet
     octet_bytes = OCTET_BYTES[mode]
     per_half = per_octet // halves
     chunk = _CHUNK[mode]
+    prefetch = PREFETCH[mode]
 
     @intrinsic
-    def block(typingctx, q, qat, xq, xat, scale, sat, offset, oat, dat, d, c0, c1, xs0, xs1, has_off, acc):
-        sig = types.void(q, qat, xq, xat, scale, sat, offset, oat, dat, d, c0, c1, xs0, xs1, has_off, acc)
+    def rows(typingctx, q, qat, xq, xd, xqs, scale, offset, g, lo, acc):
+        sig = types.void(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
 
         def codegen(context, builder, signature, args):
-            (a_q, a_qat, a_xq, a_xat, a_s, a_sat, a_o, a_oat, a_dat, a_d, a_c0, a_c1, a_xs0, a_xs1, a_has,
-             a_acc) = args
-            arr = lambda i: context.make_array(signature.args[i])(context, builder, args[i]).data
-            qp, xp, sp, op, ap = arr(0), arr(2), arr(4), arr(6), arr(15)
+            arrs = {i: context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 5, 6, 9)}
+            qp, xp, dp, sump, sp, op, ap = (arrs[i].data for i in (0, 2, 3, 4, 5, 6, 9))
+            shape = lambda i, k: builder.extract_value(arrs[i].shape, k)
+            c64 = lambda n: ir.Constant(_I64, n)
             i64 = lambda v: builder.sext(v, _I64) if v.type != _I64 else v
-            qat64, xat64, sat64, oat64, dat64 = (i64(v) for v in (a_qat, a_xat, a_sat, a_oat, a_dat))
-            forms = [_scale_form(signature.args[i]) for i in (4, 6)]
-
-            def fvec(ptr, form, at, o):       # the factors of row octet o of the group at element `at`
-                return _factors(builder, ptr, form, builder.add(at, ir.Constant(_I64, 8 * o)),
-                                builder.add(dat64, ir.Constant(_I64, 32 * o)))
+            qat64, g64, lo32 = i64(args[1]), i64(args[7]), builder.trunc(i64(args[8]), _I32)
+            form = _scale_form(signature.args[5])
             lo4 = ir.Constant(_V32I8, [15] * 32)
             sh4 = ir.Constant(_V32I8, [4] * 32)
-            # activation quads, each 4 bytes broadcast to every 32-bit lane
-            xb = []
-            for c in range(8):
-                p = builder.bitcast(builder.gep(xp, [builder.add(xat64, ir.Constant(_I64, 4 * c))]),
-                                    _I32.as_pointer())
-                xb.append(builder.bitcast(_splat(builder, builder.load(p, align=1), _V8I32), _V32I8))
-            corr = [_splat(builder, builder.trunc(c, _I32) if c.type != _I32 else c, _V8I32)
-                    for c in (a_c0, a_c1)[:halves]]
-            dv = _splat(builder, a_d, _V8F)
-            vbytes = 32
-            if PREFETCH:
+            ones = ir.Constant(_V16I16, [1] * 16)
+            if form == TWO:     # two levels: block b's plane and group are carried from block to block
+                plane_bytes = builder.mul(shape(5, 2), c64(ROWS))
+                plane0 = builder.mul(builder.mul(g64, shape(5, 1)), plane_bytes)
+                gps = builder.sub(shape(5, 2), c64(4))
+                state = [cgutils.alloca_once(builder, _I64) for _ in range(2)]     # plane (bytes), group
+            else:               # block b's first scale group of row 0, in elements
+                s0 = builder.mul(builder.mul(g64, shape(5, 1)), c64(ROWS))
+            accs = [cgutils.alloca_once(builder, _V8F) for _ in range(4)]       # LLVM keeps them in registers
+            for a in accs:
+                builder.store(ir.Constant(_V8F, [0.0] * 8), a)
+            if prefetch:
                 pf = cgutils.get_or_insert_function(
                     builder.module, ir.FunctionType(ir.VoidType(), [qp.type, _I32, _I32, _I32]), "llvm.prefetch.p0")
-                for line in range(0, 4 * octet_bytes, 64):
-                    at = builder.gep(qp, [builder.add(qat64, ir.Constant(_I64, PREFETCH + line))])
-                    builder.call(pf, [at, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-            for o in range(4):
-                isums = []
-                hvs = high_vectors(builder, mode, qp, builder.add(qat64, ir.Constant(_I64, o * octet_bytes)))
-                for h in range(halves):
-                    prods = []
-                    for v in range(h * per_half, (h + 1) * per_half):
-                        at = builder.add(qat64, ir.Constant(_I64, o * octet_bytes + v * vbytes))
-                        w = _vload(builder, qp, at, _V32I8, 1)
-                        if mode != S8:
+
+            def block(b, with_offsets):
+                qb = builder.add(qat64, builder.mul(b, c64(4 * octet_bytes)))
+                d = builder.load(builder.gep(dp, [b]))
+                sums = [builder.load(builder.gep(sump, [builder.add(builder.mul(b, c64(2)), c64(h))])) for h in range(2)]
+                if halves == 1:
+                    sums = [builder.add(sums[0], sums[1])]
+                if form == TWO:
+                    plane, grp = builder.load(state[0]), builder.load(state[1])
+                    sat, dat = builder.add(plane, builder.mul(builder.add(grp, c64(4)), c64(ROWS))), plane
+                else:
+                    sat = dat = builder.add(s0, builder.mul(b, c64(ROWS * halves)))
+                if prefetch:
+                    for line in range(0, 4 * octet_bytes, 64):
+                        at = builder.gep(qp, [builder.add(qb, c64(prefetch + line))])
+                        builder.call(pf, [at, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                xv = []                 # the block's activation quads, 4 bytes broadcast to every 32-bit lane
+                for c in range(8):
+                    p = builder.gep(xp, [builder.add(builder.mul(b, c64(BLOCK)), c64(4 * c))])
+                    xv.append(builder.bitcast(_splat(builder, builder.load(builder.bitcast(p, _I32.as_pointer()),
+                                                                           align=1), _V8I32), _V32I8))
+                dv = _splat(builder, d, _V8F)
+                for o in range(4):
+                    ob = builder.add(qb, c64(o * octet_bytes))
+                    hvs = high_vectors(builder, mode, qp, ob)
+                    a = builder.load(accs[o])
+                    for h in range(halves):
+                        prods = []
+                        for v in range(h * per_half, (h + 1) * per_half):
+                            w = _vload(builder, qp, builder.add(ob, c64(32 * v)), _V32I8, 1)
+                            if mode == S8:
+                                aw = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, w, w)
+                                sx = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, xv[v], w)
+                                prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, aw, sx))
+                                continue
                             wl = builder.and_(w, lo4)
                             wh = builder.and_(builder.lshr(w, sh4), lo4)
                             if hvs:
                                 wl = builder.or_(wl, high_bits(builder, mode, hvs, 2 * v))
                                 wh = builder.or_(wh, high_bits(builder, mode, hvs, 2 * v + 1))
-                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wl, xb[2 * v]))
-                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wh, xb[2 * v + 1]))
-                        else:
-                            aw = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, w, w)
-                            sx = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, xb[v], w)
-                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, aw, sx))
-                    isum = _pair_sums(builder, prods, chunk)
-                    if mode in (NIB5, NIB6):
-                        isum = builder.add(isum, corr[h])
-                    isums.append(isum)
-                accp = builder.bitcast(builder.gep(ap, [ir.Constant(_I64, 8 * o)]), _V8F.as_pointer())
-                a = builder.load(accp, align=4)
-                for h in range(halves):
-                    sv = fvec(sp, forms[0], builder.add(sat64, ir.Constant(_I64, 32 * h)), o)
-                    f = builder.sitofp(isums[h], _V8F)
-                    a = builder.fadd(a, builder.fmul(f, builder.fmul(sv, dv, flags=_FAST), flags=_FAST),
-                                     flags=_FAST)
-                with builder.if_else(builder.icmp_unsigned("!=", a_has, ir.Constant(a_has.type, 0))) as (yes, no):
-                    with yes:
-                        b = a
-                        for h in range(halves):
-                            ov = fvec(op, forms[1], builder.add(oat64, ir.Constant(_I64, 32 * h)), o)
-                            xs = _splat(builder, (a_xs0, a_xs1)[h], _V8F)
-                            b = builder.fadd(b, builder.fmul(ov, xs, flags=_FAST), flags=_FAST)
-                        builder.store(b, accp, align=4)
-                    with no:
-                        builder.store(a, accp, align=4)
+                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wl, xv[2 * v]))
+                            prods.append(_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, wh, xv[2 * v + 1]))
+                        isum = _pair_sums(builder, prods, chunk)
+                        if mode in (NIB5, NIB6):
+                            isum = builder.add(isum, _splat(builder, builder.mul(lo32, sums[h]), _V8I32))
+                        at = builder.add(sat, c64(32 * h + 8 * o))
+                        sv = _factors(builder, sp, form, at, builder.add(dat, c64(32 * o)))
+                        a = builder.fadd(a, builder.fmul(builder.sitofp(isum, _V8F), builder.fmul(sv, dv, flags=_FAST),
+                                                         flags=_FAST), flags=_FAST)
+                        if with_offsets:
+                            ov = _factors(builder, op, form, at, builder.add(dat, c64(32 * o)))
+                            xs = _splat(builder, builder.fmul(d, builder.sitofp(sums[h], ir.FloatType())), _V8F)
+                            a = builder.fadd(a, builder.fmul(ov, xs, flags=_FAST), flags=_FAST)
+                    builder.store(a, accs[o])
+                if form == TWO:         # the next block's group; the next plane after a super-block's last
+                    grp = builder.add(grp, c64(halves))
+                    wrap = builder.icmp_unsigned("==", grp, gps)
+                    builder.store(builder.select(wrap, c64(0), grp), state[1])
+                    builder.store(builder.select(wrap, builder.add(plane, plane_bytes), plane), state[0])
+
+            def loop(with_offsets):
+                if form == TWO:
+                    builder.store(plane0, state[0])
+                    builder.store(c64(0), state[1])
+                with cgutils.for_range(builder, shape(3, 0)) as it:
+                    block(it.index, with_offsets)
+
+            with builder.if_else(builder.icmp_unsigned(">", shape(6, 1), c64(0))) as (yes, no):
+                with yes:
+                    loop(True)
+                with no:
+                    loop(False)
+            for o in range(4):
+                builder.store(builder.load(accs[o]), builder.bitcast(builder.gep(ap, [c64(8 * o)]), _V8F.as_pointer()),
+                              align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return block
+    return rows
 
 
 def _make_tile(mode: int, halves: int):
-    """The block kernel for TT activation rows at once (prefill): each weight vector is loaded and
-    unpacked once and multiplied with the TT rows' activation quads. Same layout and arithmetic as
-    `_make_block`; the per-row values come in arrays: dv float32 (TT,) activation scales, cv int32 (2*TT,)
+    """The prefill kernel: one 32-row x 32-column block for TT activation rows at once, each weight
+    vector loaded and unpacked once and multiplied with the TT rows' activation quads. Same layout and
+    arithmetic as `_make_rows`; the per-row values come in arrays: dv float32 (TT,) activation scales, cv int32 (2*TT,)
     code-shift corrections per row and half, xsv float32 (2*TT,) d * sum(x_q) per row and half; row t's
     codes at xat + t * xstride; acc float32 (TT, 32)."""
     octet_bytes = OCTET_BYTES[mode]
@@ -479,10 +517,10 @@ def _make_tile(mode: int, halves: int):
     return tile
 
 
-_nib1, _nib2 = _make_block(NIBBLES, 1), _make_block(NIBBLES, 2)
-_n5_1, _n5_2 = _make_block(NIB5, 1), _make_block(NIB5, 2)
-_n6_1, _n6_2 = _make_block(NIB6, 1), _make_block(NIB6, 2)
-_s8_1, _s8_2 = _make_block(S8, 1), _make_block(S8, 2)
+_rnib1, _rnib2 = _make_rows(NIBBLES, 1), _make_rows(NIBBLES, 2)
+_rn5_1, _rn5_2 = _make_rows(NIB5, 1), _make_rows(NIB5, 2)
+_rn6_1, _rn6_2 = _make_rows(NIB6, 1), _make_rows(NIB6, 2)
+_rs8_1, _rs8_2 = _make_rows(S8, 1), _make_rows(S8, 2)
 _tnib1, _tnib2 = _make_tile(NIBBLES, 1), _make_tile(NIBBLES, 2)
 _tn5_1, _tn5_2 = _make_tile(NIB5, 1), _make_tile(NIB5, 2)
 _tn6_1, _tn6_2 = _make_tile(NIB6, 1), _make_tile(NIB6, 2)
@@ -552,43 +590,30 @@ if AVAILABLE:
     def _groups_int8dot(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
         """out (n_rows,) rows of row groups g0..g1-1 = W @ x_hat, serially. scale/offset float32 or
         float16 bits (G, groups, 32), or two-level int8 (G, n_super, 4 + groups a super-block, 32)."""
-        nblk = xd.shape[0]
         g_bytes = q.shape[1] * q.shape[2]
-        b_bytes = g_bytes // nblk
-        ng = n_groups(scale)
-        halves = ng // nblk
-        has_off = offset.shape[1] > 0
+        halves = n_groups(scale) // xd.shape[0]
         n_rows = out.shape[0]
         acc = np.empty(ROWS, np.float32)
         for g in range(g0, g1):
-            acc[:] = 0.0
-            for b in range(nblk):
-                qat = g * g_bytes + b * b_bytes
-                d = xd[b]
-                dat, sat = scale_at(scale, g, b, halves, ng)
-                if halves == 1:
-                    s2 = xqs[2 * b] + xqs[2 * b + 1]
-                    c0, c1 = lo * s2, 0
-                    xs0, xs1 = d * np.float32(s2), np.float32(0.0)
-                    if mode == NIBBLES:
-                        _nib1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, dat, d, c0, c1, xs0, xs1, has_off, acc)
-                    elif mode == NIB5:
-                        _n5_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, dat, d, c0, c1, xs0, xs1, has_off, acc)
-                    elif mode == NIB6:
-                        _n6_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, dat, d, c0, c1, xs0, xs1, has_off, acc)
-                    else:
-                        _s8_1(q, qat, xq, b * BLOCK, scale, sat, offset, sat, dat, d, c0, c1, xs0, xs1, has_off, acc)
+            qat = g * g_bytes
+            if halves == 1:
+                if mode == NIBBLES:
+                    _rnib1(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+                elif mode == NIB5:
+                    _rn5_1(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+                elif mode == NIB6:
+                    _rn6_1(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
                 else:
-                    c0, c1 = lo * xqs[2 * b], lo * xqs[2 * b + 1]
-                    xs0, xs1 = d * np.float32(xqs[2 * b]), d * np.float32(xqs[2 * b + 1])
-                    if mode == NIBBLES:
-                        _nib2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, dat, d, c0, c1, xs0, xs1, has_off, acc)
-                    elif mode == NIB5:
-                        _n5_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, dat, d, c0, c1, xs0, xs1, has_off, acc)
-                    elif mode == NIB6:
-                        _n6_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, dat, d, c0, c1, xs0, xs1, has_off, acc)
-                    else:
-                        _s8_2(q, qat, xq, b * BLOCK, scale, sat, offset, sat, dat, d, c0, c1, xs0, xs1, has_off, acc)
+                    _rs8_1(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+            else:
+                if mode == NIBBLES:
+                    _rnib2(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+                elif mode == NIB5:
+                    _rn5_2(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+                elif mode == NIB6:
+                    _rn6_2(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+                else:
+                    _rs8_2(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
             r0 = g * ROWS
             for r in range(min(ROWS, n_rows - r0)):
                 out[r0 + r] = acc[r]
