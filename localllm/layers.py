@@ -8,6 +8,7 @@ import numpy as np
 
 from .ggufio import TensorInfo
 from .kernels.quantized import dequantize_rows, gather_rows, matmul_small, matvec
+from .kernels import avx2
 from .kernels.avx2 import dequantize_int8dot
 from .kernels.repacked import R as PACK_ROWS, dequantize_packed, matmul_packed, repack
 from .quants import get_format
@@ -138,6 +139,8 @@ def fuse(linears: list[Linear]) -> Linear | None:
                and p.offset.shape[1] == first.offset.shape[1] for p in pms)
     if not same or any(p.n_rows % PACK_ROWS for p in pms[:-1]):
         return None
+    if avx2.ENABLED and len({avx2.code_mode(p.q, p.nibbles)[0] for p in pms if p.q is not None}) > 1:
+        return None     # a stack takes its widest parts' mode: Q5_0 q|k with a Q8_0 v would read 8 bits a weight
     dots = [p.dot for p in pms]
     if any(p.q is None for p in pms):      # codes already in the int8-dot layout: stack those (one kind)
         if any(d is None or d.kind != dots[0].kind for d in dots):

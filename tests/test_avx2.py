@@ -205,3 +205,33 @@ def test_without_avx2_everything_runs_on_the_float_kernels(tmp_path):
     env = dict(os.environ, LOCALLLM_KERNEL="avx2", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def _linear(fmt, n_rows, n_cols, seed):
+    from localllm.layers import Linear
+    lin = Linear.__new__(Linear)
+    lin.name, lin.type_id, lin.n_out, lin.n_in, lin.bias, lin._fmt = f"w{seed}", fmt.type_id, n_rows, n_cols, None, fmt
+    lin.packed = repack(fmt, _quantized(fmt, n_rows, n_cols, seed=seed))
+    return lin
+
+
+@needs_avx2
+def test_fuse_keeps_matrices_of_different_modes_apart(monkeypatch):
+    """Qwen2.5 and Gemma 3 have Q5_0 q and k with a Q8_0 v: stacked, all three would take the 8-bit
+    mode; apart, q and k keep 5 bits a weight. Matrices of one mode are still stacked."""
+    from localllm.layers import fuse
+    monkeypatch.setattr(avx2, "ENABLED", True)
+    q5, q8 = FORMATS[6], FORMATS[8]                           # Q5_0, Q8_0
+    assert (q5.name, q8.name) == ("Q5_0", "Q8_0")
+    q, k, v = _linear(q5, 2 * R, 256, 1), _linear(q5, R, 256, 2), _linear(q8, R, 256, 3)
+    assert fuse([q, k, v]) is None
+    assert avx2.code_mode(q.packed.q, False)[0] == avx2.NIB5 and avx2.code_mode(v.packed.q, False)[0] == avx2.S8
+    qk = fuse([q, k])
+    assert qk is not None and qk.packed.int8dot().mode == avx2.NIB5
+    x = np.random.default_rng(0).standard_normal(256).astype(np.float32)
+    want = np.concatenate([dequantize_reference(q5, _quantized(q5, n, 256, seed=s)).reshape(n, 256) @ x
+                           for n, s in ((2 * R, 1), (R, 2))])
+    got = np.empty(3 * R, np.float32)
+    dot = qk.packed.int8dot()
+    avx2.matvec_int8dot(dot.kind, dot.q, qk.packed.scale, qk.packed.offset, x, got)
+    assert np.abs(got - want).max() < 1e-2 * np.abs(want).max()

@@ -154,6 +154,17 @@ T_CHUNK = 64          # activation rows per pass over a matrix (64 x K int8 code
 LAYOUT_CHUNK = 64            # row groups converted at a time (bounds the temporaries)
 
 
+def code_mode(q: np.ndarray, nibbles: bool) -> tuple[int, int]:
+    """(mode, lo) of the layout for codes q: NIBBLES for 4-bit codes, else by the span of the int8 codes
+    (<= 31: NIB5, <= 63: NIB6, else S8), lo the smallest code (0 for S8)."""
+    if nibbles:
+        return NIBBLES, 0
+    qi = q.view(np.int8)
+    lo, hi = (int(qi.min()), int(qi.max())) if qi.size else (0, 0)
+    mode = NIB5 if hi - lo <= 31 else NIB6 if hi - lo <= 63 else S8
+    return mode, 0 if mode == S8 else lo
+
+
 def build_layout(q: np.ndarray, gs: int, nibbles: bool, vnni: bool = False) -> Int8DotLayout | None:
     """The int8-dot layout of a PackedMatrix's codes q (uint8 (G, K/2, 32) nibbles, or int8 (G, K, 32)),
     or None where this kernel does not apply (scale groups other than 16/32 columns). `vnni`: run it with
@@ -163,15 +174,7 @@ def build_layout(q: np.ndarray, gs: int, nibbles: bool, vnni: bool = False) -> I
     if r_n != ROWS or n_cols % BLOCK or gs not in (16, 32):
         return None
     nblk = n_cols // BLOCK
-    if nibbles:
-        mode, lo = NIBBLES, 0
-    else:
-        qi = q.view(np.int8)
-        lo, hi = (int(qi.min()), int(qi.max())) if qi.size else (0, 0)
-        span = hi - lo
-        mode = NIB5 if span <= 31 else NIB6 if span <= 63 else S8
-        if mode == S8:
-            lo = 0
+    mode, lo = code_mode(q, nibbles)
     if mode in (NIB5, NIB6):   # 5 or 6 bits a code: 640 or 768 bytes a block instead of 1024
         out = np.empty((n_grp, nblk * (20 if mode == NIB5 else 24), r_n), np.uint8)
     else:                  # same shape and bytes as q, another order (see above)
