@@ -12,20 +12,44 @@ def _cgroup_cpus() -> float | None:
         return None
 
 
+SYS_CPU = "/sys/devices/system/cpu"
+
+
+def _physical_cores(cpus: set[int]) -> int | None:
+    """The physical cores among logical CPUs `cpus`, from Linux's topology files (SMT siblings share a
+    core); None where they cannot be read. (psutil answers this too, but importing it took 47 ms of a
+    fresh process's start, and it counts the whole machine's cores, not the ones this process may use.)"""
+    cores = set()
+    for c in cpus:
+        for name in ("core_cpus_list", "thread_siblings_list"):     # the second on kernels before 5.7
+            try:
+                with open(f"{SYS_CPU}/cpu{c}/topology/{name}") as f:
+                    cores.add(f.read().strip())
+                break
+            except OSError:
+                pass
+        else:
+            return None
+    return len(cores) or None
+
+
 def default_threads() -> int:
+    """One thread per physical core this process may run on (SMT siblings share one: matvec runs no
+    faster on both), within the cgroup's CPU quota."""
     try:
-        allowed = len(os.sched_getaffinity(0))
+        cpus = os.sched_getaffinity(0)
     except AttributeError:
-        allowed = os.cpu_count() or 1
-    n = allowed
-    try:
-        import psutil
-        physical = psutil.cpu_count(logical=False)
-        logical = psutil.cpu_count(logical=True)
-        if physical and logical and logical > physical:  # SMT: one thread per core is faster for matvec
-            n = max(1, allowed * physical // logical)
-    except Exception:
-        pass
+        cpus = set(range(os.cpu_count() or 1))
+    n = _physical_cores(cpus)
+    if n is None:
+        n = len(cpus)
+        try:
+            import psutil
+            physical, logical = psutil.cpu_count(logical=False), psutil.cpu_count(logical=True)
+            if physical and logical and logical > physical:
+                n = max(1, n * physical // logical)
+        except Exception:
+            pass
     quota = _cgroup_cpus()
     if quota:
         n = min(n, max(1, int(quota)))
