@@ -23,12 +23,14 @@ group of 32 rows and 32-column block, row octets o = 0..3 (rows 8o..8o+7), vecto
   (|w| unsigned, sign(w)*x signed: |x| <= 127 keeps 2*128*127 inside int16).
 int16 headroom per vpmaddubsw: nibbles 2*15*127 = 3810 (8 added), NIB5 7874 (4), NIB6 16002 (2), S8 32512 (1).
 Scale groups of 16 columns (Q2_K, Q3_K, Q6_K) are two halves of a block, summed separately.
+Decode (`_make_rows`) runs a row group's whole loop over its blocks in one LLVM IR kernel, the four octets'
+accumulators in registers.
 Prefill (`matmul_int8dot`) quantizes every activation row the same way and runs tiles of TT = 4 rows:
 each weight vector is loaded and unpacked once for the 4 rows (16 vector registers hold no more without
 spilling), T_CHUNK rows a pass over the matrix. On a Zen 3 (2 cores) it runs Qwen2.5's Q5_0/Q6_K matrices
 at 170-200 GOP/s at 512 rows, 2x dequantize + sgemm, and 5-10x at 16 rows, where dequantizing the
 whole matrix for a few rows was most of the time (a chat prompt's prefill).
-Scales and offsets come in three forms (the block is compiled for each, by the arrays' types): float32
+Scales and offsets come in three forms (the kernels are compiled for each, by the arrays' types): float32
 (G, groups, 32), float16 bits where float16 holds them exactly (the legacy formats), and the K-quants' two
 levels (repacked.two_level): so a matrix streams about its file's bytes (Qwen2.5-0.5B 398 MB a token
 instead of 439 MB with float32 scales: decode 33 -> 39 tok/s on a Zen 3 without AVX-512).
