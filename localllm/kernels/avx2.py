@@ -353,7 +353,8 @@ def _make_rows(mode: int, halves: int):
             def block(b, with_offsets):
                 qb = builder.add(qat64, builder.mul(b, c64(4 * octet_bytes)))
                 d = builder.load(builder.gep(dp, [b]))
-                sums = [builder.load(builder.gep(sump, [builder.add(builder.mul(b, c64(2)), c64(h))])) for h in range(2)]
+                sums = [builder.load(builder.gep(sump, [builder.add(builder.mul(b, c64(2)), c64(h))]))
+                        for h in range(2)]
                 if halves == 1:
                     sums = [builder.add(sums[0], sums[1])]
                 if form == TWO:

@@ -42,6 +42,13 @@ Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, KIND, B_AT, B_LEN, PLA
 
 
 @njit(cache=True, inline="always")
+def _cols(a, j0, j1):
+    """Columns j0..j1-1 of a (1, n) array as a contiguous (1, j1 - j0) view: a[:, j0:j1] would type as a
+    strided array, and the kernels that take it (SiLU over the gate, say) would compile without SIMD."""
+    return a[0, j0:j1].reshape((1, j1 - j0))
+
+
+@njit(cache=True, inline="always")
 def _codes(i, mt, qbuf):
     """Matrix i's codes (G, ..., 32) in the codes buffer."""
     g, r = mt[i, GROUPS], mt[i, ROWS]
@@ -159,8 +166,7 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
     att = np.empty((1, n_head, head_dim), np.float32)
     tmp = np.empty((1, d), np.float32)
     gu = np.empty((1, 2 * n_ff), np.float32)               # (1, gate | up)
-    g = np.empty((1, n_ff), np.float32)
-    u = np.empty((1, n_ff), np.float32)
+    a = np.empty((1, n_ff), np.float32)                    # (1, F) the gated activation
     _embed(token, emb_raw, emb_type, emb_scale, x)
     for layer in range(n_layer):
         base = layer * 7
@@ -168,9 +174,9 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
         if mt[base + K, GROUPS] == 0:                         # stacked q|k|v
             _linear(base + Q, mt, qbuf, sbuf, obuf, bbuf, h, qkv)
         else:
-            _linear(base + Q, mt, qbuf, sbuf, obuf, bbuf, h, qkv[:, :nq])
-            _linear(base + K, mt, qbuf, sbuf, obuf, bbuf, h, qkv[:, nq:nq + nk])
-            _linear(base + V, mt, qbuf, sbuf, obuf, bbuf, h, qkv[:, nq + nk:])
+            _linear(base + Q, mt, qbuf, sbuf, obuf, bbuf, h, _cols(qkv, 0, nq))
+            _linear(base + K, mt, qbuf, sbuf, obuf, bbuf, h, _cols(qkv, nq, nq + nk))
+            _linear(base + V, mt, qbuf, sbuf, obuf, bbuf, h, _cols(qkv, nq + nk, nq + 2 * nk))
         q3.reshape(nq)[:] = qkv[0, :nq]
         k3.reshape(nk)[:] = qkv[0, nq:nq + nk]
         if q_norm.shape[0] > 0:
@@ -196,16 +202,14 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
         rmsnorm(x, ffn_norm[layer], eps, h)
         if mt[base + UP, GROUPS] == 0:                        # stacked gate|up
             _linear(base + GATE, mt, qbuf, sbuf, obuf, bbuf, h, gu)
-            g[0, :] = gu[0, :n_ff]
-            u[0, :] = gu[0, n_ff:]
         else:
-            _linear(base + GATE, mt, qbuf, sbuf, obuf, bbuf, h, g)
-            _linear(base + UP, mt, qbuf, sbuf, obuf, bbuf, h, u)
-        if gelu:
-            gelu_tanh_mul(g, u, g)
+            _linear(base + GATE, mt, qbuf, sbuf, obuf, bbuf, h, _cols(gu, 0, n_ff))
+            _linear(base + UP, mt, qbuf, sbuf, obuf, bbuf, h, _cols(gu, n_ff, 2 * n_ff))
+        if gelu:           # into a buffer of its own, as in decode_token_pooled: the same SIMD code, same sums
+            gelu_tanh_mul(_cols(gu, 0, n_ff), _cols(gu, n_ff, 2 * n_ff), a)
         else:
-            silu_mul(g, u, g)
-        _linear(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, g, tmp)
+            silu_mul(_cols(gu, 0, n_ff), _cols(gu, n_ff, 2 * n_ff), a)
+        _linear(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, a, tmp)
         _add_residual(x, tmp, post_ffw_norm, layer, eps, tmp)
     rmsnorm(x, out_norm, eps, h)
     _linear(head, mt, qbuf, sbuf, obuf, bbuf, h, logits)
@@ -310,9 +314,10 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
             if mt[base + K, GROUPS] == 0:                     # stacked q|k|v
                 _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv, nt, state)
             else:
-                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, :nq], nt, state)
-                _linear_share(base + K, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, nq:nq + nk], nt, state)
-                _linear_share(base + V, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv[:, nq + nk:], nt, state)
+                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(qkv, 0, nq), nt, state)
+                _linear_share(base + K, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(qkv, nq, nq + nk), nt, state)
+                _linear_share(base + V, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(qkv, nq + nk, nq + 2 * nk),
+                              nt, state)
             barrier(state, nt)
             window = windows[layer]
             lcos, lsin = (cos_local, sin_local) if window > 0 else (cos, sin)
@@ -344,13 +349,13 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
             if mt[base + UP, GROUPS] == 0:                    # stacked gate|up
                 _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu, nt, state)
             else:
-                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu[:, :n_ff], nt, state)
-                _linear_share(base + UP, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu[:, n_ff:], nt, state)
+                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(gu, 0, n_ff), nt, state)
+                _linear_share(base + UP, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(gu, n_ff, 2 * n_ff), nt, state)
             barrier(state, nt)
             if gelu:
-                gelu_tanh_mul(gu[:, :n_ff], gu[:, n_ff:], a)
+                gelu_tanh_mul(_cols(gu, 0, n_ff), _cols(gu, n_ff, 2 * n_ff), a)
             else:
-                silu_mul(gu[:, :n_ff], gu[:, n_ff:], a)
+                silu_mul(_cols(gu, 0, n_ff), _cols(gu, n_ff, 2 * n_ff), a)
             aq, ad, aqs = _quantize(a, n_ff, xq, xd, xqs)
             _linear_share(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, nt, state)
             barrier(state, nt)
