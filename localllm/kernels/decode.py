@@ -467,6 +467,12 @@ def _load(cache: Path):
         return None
 
 
+def _kind_bits(fn, kind: int):
+    """fn(kind) for one of avx2's kind decoders, run as plain Python: calling the compiled one from Python
+    would load it from Numba's cache (~2 ms each in a fresh process)."""
+    return fn.py_func(kind)
+
+
 def _packed_from(bufs, i: int, n_rows: int, n_cols: int):
     """The PackedMatrix of table row i, as views of the buffers."""
     from . import avx2
@@ -481,13 +487,13 @@ def _packed_from(bufs, i: int, n_rows: int, n_cols: int):
         offset = obuf[oa:oa + g * ong * plane * r].view(np.int8).reshape(g, ong, plane, r)
         ng *= plane - 4
     else:
-        dt = np.dtype(np.uint16 if avx2.kind_is_scale16(kind) else np.float32)
+        dt = np.dtype(np.uint16 if _kind_bits(avx2.kind_is_scale16, kind) else np.float32)
         scale = sbuf[sa:sa + g * ng * r * dt.itemsize].view(dt).reshape(g, ng, r)
         offset = obuf[oa:oa + g * ong * r * dt.itemsize].view(dt).reshape(g, ong, r)
     if kind >= avx2.KIND_BASE:
-        mode, lo = avx2.kind_mode_lo(kind)
-        dot = avx2.Int8DotLayout(mode, lo, q, bool(avx2.kind_is_vnni(kind)), bool(avx2.kind_is_scale16(kind)),
-                                 bool(avx2.kind_is_two_level(kind)))
+        mode, lo = _kind_bits(avx2.kind_mode_lo, kind)
+        dot = avx2.Int8DotLayout(mode, lo, q, *(bool(_kind_bits(f, kind)) for f in (
+            avx2.kind_is_vnni, avx2.kind_is_scale16, avx2.kind_is_two_level)))
         return PackedMatrix(n_rows, n_cols, n_cols // ng, mode == avx2.NIBBLES, None, scale, offset, dot, True)
     return PackedMatrix(n_rows, n_cols, n_cols // ng, kind == 1, q if kind == 1 else q.view(np.int8), scale, offset)
 
