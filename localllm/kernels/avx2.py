@@ -88,11 +88,12 @@ BLOCK = 32             # columns per activation block (one d) and per kernel cal
 ROWS = 32              # rows per row group (repacked.R)
 OCTET_BYTES = {NIBBLES: 128, NIB5: 160, NIB6: 192, S8: 256}   # bytes of one row octet of a block
 _CHUNK = {NIBBLES: 8, NIB5: 4, NIB6: 2, S8: 1}   # vpmaddubsw results added in int16 before vpmaddwd
-# Bytes ahead of its block that the decode kernel prefetches, a line at a time (each thread streams its
-# runs of row groups), by mode. On a Zen 3, streaming Qwen2.5's matrices from RAM: 4096 ahead 5-20 %
-# faster than none for the nibble modes (their unpacking is the most work a byte), 5-20 % slower for S8
-# (Q8_0, its output head); 2048 or 8192 no better than 4096.
-PREFETCH = {NIBBLES: 4096, NIB5: 4096, NIB6: 4096, S8: 0}
+# Bytes ahead of its block that the decode kernel prefetches, every line (each thread streams its runs of
+# row groups), by mode. On a Zen 3, streaming the models' matrices from RAM (medians of 8-10 interleaved
+# runs): 1-2 KB ahead 5-10 % faster than none for the nibble modes and at least as fast as 4 KB; for S8
+# (Q8_0 output heads) 1 KB ahead 0-7 % faster than none, 4 KB up to 10 % slower; every other line only:
+# 30-50 % slower (the hardware prefetcher loses the stream). NTA or T1 hints: no different.
+PREFETCH = {NIBBLES: 2048, NIB5: 2048, NIB6: 2048, S8: 1024}
 
 
 VNNI_BIT = 1024        # in a kind: run the layout with the AVX-512 VNNI kernels (vnni.py), not these
