@@ -151,3 +151,31 @@ def test_a_warm_process_never_refreshes_numba(smollm2_path):
                            timeout=600, check=True).stdout.split("|") for _ in range(2)]
     assert runs[0][0] == runs[1][0] and runs[1][0].strip()     # the same text, cached or compiled
     assert runs[1][1].split() == ["False", "False", "False"]
+
+
+def test_a_kernel_recompiles_when_code_it_inlined_changes(tmp_path):
+    """Numba checks only a cached function's own file; LeanCache's key covers every kernel source, so
+    editing simd.py (which silu_mul, in ops.py, inlines) must not leave silu_mul's old code in use."""
+    import shutil
+
+    pkg = tmp_path / "localllm"
+    shutil.copytree(Path(kernels_pkg.__file__).parent.parent, pkg,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    code = ("import numpy as np; from localllm.kernels.ops import silu_mul; "
+            "g = np.array([[1.0, -2.0]], np.float32); out = np.empty_like(g); silu_mul(g, np.ones_like(g), out); "
+            "print(out.tolist(), silu_mul.stats.cache_hits.get(silu_mul.signatures[0], 0))")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=600, check=True).stdout.split()
+        return [float(v.strip("[],")) for v in out[:2]], int(out[2])
+
+    silu = [1 / (1 + np.exp(-1.0)), -2 / (1 + np.exp(2.0))]
+    first, second = run(), run()
+    assert np.allclose(first[0], silu, rtol=1e-5) and first[1] == 0     # compiled
+    assert second == (first[0], 1)                                       # from the cache
+    with open(pkg / "kernels" / "simd.py", "a") as f:    # a new exp_f32, as an edit or a git pull brings
+        f.write("\n\n@njit(fastmath=True, inline='always')\ndef exp_f32(x):\n    return np.float32(0.0)\n")
+    third = run()
+    assert third == ([1.0, -2.0], 0)                     # silu(g) = g / (1 + 0): recompiled, not stale

@@ -13,8 +13,17 @@ Every kernel module ends with `lean_caches(globals())`: before its first cache l
 typing and target contexts, which imports and registers all of its NumPy, random, typed-container and
 CFFI implementations (0.2 s of a fresh process). Machine code loaded from the cache needs none of that,
 only Numba's runtime (NRT) set up; a compile still refreshes first, as ever (numba's compiler does it).
+
+Numba keys a cache entry on the function's own bytecode and checks only its own file's timestamp, yet
+the machine code holds every kernel it inlined from other modules: after an edit to `avx2.py` (or a
+`git pull` that brings one), `decode_token` would load its old code. A LeanCache's key adds a digest of
+all the kernel and quantization sources, so any change there recompiles every kernel.
 """
 from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
 
 from numba.core.caching import CompileResultCacheImpl, FunctionCache
 from numba.core.dispatcher import Dispatcher
@@ -35,8 +44,24 @@ class _EntryImpl(CompileResultCacheImpl):
         return ((name, kind, data), *rest)
 
 
+@lru_cache(maxsize=1)
+def sources_digest() -> str:
+    """sha256 of localllm/kernels/*.py and localllm/quants/*.py: the code a cached kernel may hold."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for folder in ("kernels", "quants"):
+        for path in sorted((root / folder).glob("*.py")):
+            h.update(f"{folder}/{path.name}\0".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 class LeanCache(FunctionCache):
-    """Numba's cache of a function, loading without the context refresh (see the module docstring)."""
+    """Numba's cache of a function, loading without the context refresh and keyed on all the kernel
+    sources (see the module docstring)."""
+
+    def _index_key(self, sig, codegen):
+        return (*super()._index_key(sig, codegen), sources_digest())
 
     def load_overload(self, sig, target_context):
         rtsys.initialize(target_context)
