@@ -153,22 +153,32 @@ def test_a_warm_process_never_refreshes_numba(smollm2_path):
     assert runs[1][1].split() == ["False", "False", "False"]
 
 
+def _package_copy(tmp_path):
+    """localllm copied under tmp_path without its caches, and the environment that imports it."""
+    import os
+    import shutil
+
+    shutil.copytree(Path(kernels_pkg.__file__).parent.parent, tmp_path / "localllm",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    return tmp_path / "localllm", {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+def _run(code, env, cwd, *args):
+    """The words `python -c code args...` prints."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=600, check=True).stdout.split()
+
+
 def test_a_kernel_recompiles_when_code_it_inlined_changes(tmp_path):
     """Numba checks only a cached function's own file; LeanCache's key covers every kernel source, so
     editing simd.py (which silu_mul, in ops.py, inlines) must not leave silu_mul's old code in use."""
-    import shutil
-
-    pkg = tmp_path / "localllm"
-    shutil.copytree(Path(kernels_pkg.__file__).parent.parent, pkg,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    pkg, env = _package_copy(tmp_path)
     code = ("import numpy as np; from localllm.kernels.ops import silu_mul; "
             "g = np.array([[1.0, -2.0]], np.float32); out = np.empty_like(g); silu_mul(g, np.ones_like(g), out); "
             "print(out.tolist(), silu_mul.stats.cache_hits.get(silu_mul.signatures[0], 0))")
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
 
     def run():
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                             cwd=tmp_path, timeout=600, check=True).stdout.split()
+        out = _run(code, env, tmp_path)
         return [float(v.strip("[],")) for v in out[:2]], int(out[2])
 
     silu = [1 / (1 + np.exp(-1.0)), -2 / (1 + np.exp(2.0))]
@@ -179,3 +189,22 @@ def test_a_kernel_recompiles_when_code_it_inlined_changes(tmp_path):
         f.write("\n\n@njit(fastmath=True, inline='always')\ndef exp_f32(x):\n    return np.float32(0.0)\n")
     third = run()
     assert third == ([1.0, -2.0], 0)                     # silu(g) = g / (1 + 0): recompiled, not stale
+
+
+def test_numba_runtime_helpers_load_from_the_cache(tmp_path):
+    """The first cache load writes NRT's compiled helpers beside the kernels; a later process loads them
+    (compiling them is made to fail there) and both its cached kernels and new compiles work with them."""
+    pkg, env = _package_copy(tmp_path)
+    code = ("import sys, numpy as np; from numba import njit; from numba.core.runtime import nrtdynmod\n"
+            "if sys.argv[1] == 'no-compile':\n"
+            "    def refuse(ctx): raise AssertionError('NRT compiled')\n"
+            "    nrtdynmod.create_nrt_module = refuse\n"
+            "from localllm.kernels.ops import rope_tables\n"
+            "cos, sin = rope_tables(8, 4, 10000.0, np.ones(2), 1.0)\n"
+            "f = njit(lambda n: np.arange(n).astype(np.float64).sum())\n"
+            "print(float(cos[3, 1]), float(sin[5, 0]), f(10))")
+    want = [np.cos(3 * 0.01), np.sin(5.0), 45.0]
+    outs = [_run(code, env, tmp_path, arg) for arg in ("compile", "load", "no-compile")]
+    for out in outs:
+        assert np.allclose([float(v) for v in out], want, rtol=1e-5)
+    assert len(list((pkg / "kernels" / "__pycache__").glob("nrt-*.bin"))) == 1

@@ -18,10 +18,16 @@ Numba keys a cache entry on the function's own bytecode and checks only its own 
 the machine code holds every kernel it inlined from other modules: after an edit to `avx2.py` (or a
 `git pull` that brings one), `decode_token` would load its old code. A LeanCache's key adds a digest of
 all the kernel and quantization sources, so any change there recompiles every kernel.
+
+Numba's runtime (NRT), which every kernel that allocates links against, compiles its few LLVM helpers
+(reference counts, atomics) in every process: 40-90 ms of the first cache load. `_init_nrt` keeps their
+machine code beside the kernels' cache and loads it as Numba loads a cached kernel (~6 ms).
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
 from functools import lru_cache
 from pathlib import Path
 
@@ -64,9 +70,54 @@ class LeanCache(FunctionCache):
         return (*super()._index_key(sig, codegen), sources_digest())
 
     def load_overload(self, sig, target_context):
-        rtsys.initialize(target_context)
+        _init_nrt(target_context, self._cache_path)
         with self._guard_against_spurious_io_errors():
             return self._load_overload(sig, target_context)
+
+
+def _init_nrt(ctx, folder: str) -> None:
+    """rtsys.initialize(ctx), its compiled helpers read from (or written to) `folder` when it can."""
+    if rtsys._init:
+        return
+    try:
+        _init_nrt_cached(ctx, Path(folder))
+    except Exception:            # another Numba's internals, an unreadable file: Numba's own way
+        rtsys.initialize(ctx)
+
+
+def _init_nrt_cached(ctx, folder: Path) -> None:
+    import llvmlite
+    import llvmlite.binding as ll
+    import numba
+    from numba.core import config
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.runtime import _nrt_python, nrtdynmod
+
+    if config.NRT_STATS:
+        raise RuntimeError("NRT statistics asked for: let Numba initialize")
+    with global_compiler_lock:
+        if rtsys._init:
+            return
+        codegen = ctx.codegen()
+        key = repr((codegen.magic_tuple(), numba.__version__, llvmlite.__version__)).encode()
+        path = folder / f"nrt-{hashlib.sha256(key).hexdigest()[:20]}.bin"
+        for name, address in _nrt_python.c_helpers.items():      # as rtsys.initialize does
+            ll.add_symbol(name if name.startswith("_") else f"NRT_{name}", address)
+        try:
+            library = codegen.unserialize_library(pickle.loads(path.read_bytes()))
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError):
+            ir_module, library = nrtdynmod.create_nrt_module(ctx)
+            library.enable_object_caching()
+            library.add_ir_module(ir_module)
+            library.finalize()
+            try:
+                tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+                tmp.write_bytes(pickle.dumps(library.serialize_using_object_code()))
+                os.replace(tmp, path)
+            except OSError:
+                pass
+        rtsys._library = library
+        rtsys._init = True
 
 
 class _EntryCache(LeanCache):
