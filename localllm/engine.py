@@ -53,6 +53,7 @@ class LLM:
         from . import arch
         from .threads import set_threads
         from .tokenizer import Tokenizer
+        from .tokenizer.index import cache_dir as tokenizer_cache_dir
 
         t0 = time.perf_counter()
         self.path = resolve_model_path(model)
@@ -65,7 +66,7 @@ class LLM:
             raise ValueError(f"n_ctx={n_ctx} is too small")
         self.n_threads = set_threads(n_threads)
         self.n_batch = n_batch
-        self.tokenizer = Tokenizer.from_metadata(self.metadata)
+        self.tokenizer = Tokenizer.from_metadata(self.metadata, tokenizer_cache_dir(self.path))
         self.model = arch.load_model(self.gguf, self.n_ctx)
         self.n_vocab = self.model.n_vocab
         self.cache = self.model.make_cache(self.n_ctx)

@@ -13,6 +13,7 @@ import pytest
 from localllm.errors import LocalLLMError
 from localllm.ggufio import GGUFFile
 from localllm.tokenizer import StreamingDetokenizer, Tokenizer, UnsupportedTokenizerError
+from localllm.tokenizer.index import TextIndex, text_index
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = [
@@ -29,11 +30,16 @@ _TOKENIZERS: dict[str, Tokenizer] = {}
 
 
 @pytest.fixture
-def tok(request) -> Tokenizer:
+def tok(request, tmp_path_factory) -> Tokenizer:
+    """The model's tokenizer as a fresh process gets it: its lookups read from the tables that a first
+    load wrote (tokenizer/index.py), not dicts."""
     name = request.param
     if name not in _TOKENIZERS:
-        path = request.getfixturevalue(f"{name}_path")
-        _TOKENIZERS[name] = Tokenizer.from_metadata(GGUFFile(path).metadata)
+        meta = GGUFFile(request.getfixturevalue(f"{name}_path")).metadata
+        tables = tmp_path_factory.mktemp(f"tables-{name}")
+        Tokenizer.from_metadata(meta, tables)                       # builds dicts, writes the tables
+        _TOKENIZERS[name] = Tokenizer.from_metadata(meta, tables)
+        assert isinstance(_TOKENIZERS[name].vocab.token_to_id, TextIndex)
     return _TOKENIZERS[name]
 
 
@@ -146,6 +152,34 @@ def test_tokenizing_grows_linearly(tok):
     large = cpu_seconds(_varied_text(100_000))
     assert large < 8 * small + 0.05, f"25 KB took {small:.2f} s, 100 KB {large:.2f} s"
     assert large < 5.0, f"100 KB took {large:.2f} s"
+
+
+@pytest.mark.parametrize("tok", MODELS, indirect=True)
+def test_lookup_tables_answer_as_the_dicts(tok, request, tmp_path):
+    """Every token text and merge maps to the id and rank the dicts give (the last id of a repeated
+    text, the first rank of a repeated merge); other strings miss; a corrupt table is rebuilt."""
+    plain = Tokenizer.from_metadata(GGUFFile(request.getfixturevalue(f"{request.node.callspec.id}_path")).metadata)
+    pairs = [(plain.vocab.token_to_id, tok.vocab.token_to_id)]
+    if plain.vocab.model == "gpt2":
+        pairs.append((plain._engine.ranks, tok._engine.ranks))
+    else:
+        assert plain._engine.joins_space == tok._engine.joins_space
+    for want, table in pairs:
+        assert isinstance(want, dict) and isinstance(table, TextIndex)
+        assert all(table.get(k) == v for k, v in want.items())
+        assert table.get("no such token \u2603") is None and "no such token" not in table
+    text = _varied_text(20_000, seed=7)
+    assert tok.encode(text) == plain.encode(text)
+
+    tables = tmp_path / "t"
+    text_index(tables, "tokens", plain.vocab.tokens, lambda: dict(plain.vocab.token_to_id))
+    blob = bytearray((tables / "tokens.bin").read_bytes())
+    blob[-3] ^= 0x40                                     # a flipped bit in the last slot
+    (tables / "tokens.bin").write_bytes(bytes(blob))
+    built = []
+    again = text_index(tables, "tokens", plain.vocab.tokens, lambda: built.append(1) or dict(plain.vocab.token_to_id))
+    assert built and isinstance(again, dict)             # rebuilt from the dict, and rewritten:
+    assert isinstance(text_index(tables, "tokens", plain.vocab.tokens, dict), TextIndex)
 
 
 def test_unsupported_tokenizer_model_is_named():

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import heapq
+from pathlib import Path
 
+from .index import cached_text
 from .vocab import Vocab
 
 SPACE = "\u2581"   # SentencePiece's visible space
@@ -19,12 +21,12 @@ class SPMTokenizer:
 
     _CACHE_LIMIT = 200_000
 
-    def __init__(self, vocab: Vocab):
+    def __init__(self, vocab: Vocab, cache: Path | None = None):
         self.vocab = vocab
         self.scores = vocab.scores
         self.byte_ids = [self._byte_token(b) for b in range(256)]
-        self.joins_space = {tok[i - 1] for tok in vocab.tokens if SPACE in tok[1:]
-                            for i in range(1, len(tok)) if tok[i] == SPACE}
+        self.joins_space = set(cached_text(cache, "joins_space", lambda: "".join(sorted(
+            {tok[i - 1] for tok in vocab.tokens if SPACE in tok[1:] for i in range(1, len(tok)) if tok[i] == SPACE}))))
         self._cache: dict[str, list[int]] = {}
 
     def _byte_token(self, byte: int) -> int | None:

@@ -1,6 +1,7 @@
 """The Tokenizer: GGUF metadata in, llama.cpp-identical ids out."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 from .bpe import BPETokenizer
@@ -12,17 +13,19 @@ from .vocab import TokenAttr, Vocab
 class Tokenizer:
     """Encodes and decodes text exactly as llama.cpp's llama_tokenize / llama_token_to_piece do."""
 
-    def __init__(self, vocab: Vocab):
+    def __init__(self, vocab: Vocab, cache: Path | None = None):
         self.vocab = vocab
-        self._engine = BPETokenizer(vocab) if vocab.model == "gpt2" else SPMTokenizer(vocab)
+        self._engine = BPETokenizer(vocab, cache) if vocab.model == "gpt2" else SPMTokenizer(vocab, cache)
         self._pieces: list[bytes | None] = [None] * len(vocab.tokens)
         hidden = TokenAttr.CONTROL | TokenAttr.UNKNOWN
         self._hidden = frozenset(i for i in vocab.special_ids if vocab.attrs[i] & hidden)
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> "Tokenizer":
-        """Build from a GGUF metadata dict; raises UnsupportedTokenizerError for unknown model/pre."""
-        return cls(Vocab.from_metadata(meta))
+    def from_metadata(cls, meta: dict, cache: Path | None = None) -> "Tokenizer":
+        """Build from a GGUF metadata dict; raises UnsupportedTokenizerError for unknown model/pre.
+        cache: the model file's folder of lookup tables (index.cache_dir), None to build dicts only."""
+        vocab = Vocab.from_metadata(meta, cache)
+        return cls(vocab, cache)
 
     @classmethod
     def from_gguf(cls, path) -> "Tokenizer":

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from ..errors import LocalLLMError
+from .index import text_index
 
 
 class UnsupportedTokenizerError(LocalLLMError):
@@ -64,7 +67,7 @@ class Vocab:
     tokens: list[str]
     attrs: list[int]
     scores: list[float]
-    token_to_id: dict[str, int]
+    token_to_id: Mapping[str, int]      # a dict, or an index.TextIndex read from the tokenizer cache
     merges: list[str]
     bos_id: int | None
     eos_id: int | None
@@ -80,7 +83,8 @@ class Vocab:
     _special_by_text: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> "Vocab":
+    def from_metadata(cls, meta: dict, cache: Path | None = None) -> "Vocab":
+        """cache: the model's folder of lookup tables (index.cache_dir), or None to build dicts."""
         model = meta.get("tokenizer.ggml.model")
         if model not in ("gpt2", "llama"):
             raise UnsupportedTokenizerError(
@@ -100,7 +104,8 @@ class Vocab:
             attrs = np.full(n, TokenAttr.NORMAL, np.int64)
         raw_scores = meta.get("tokenizer.ggml.scores")
         scores = raw_scores[:n].tolist() if raw_scores is not None else [0.0] * n
-        token_to_id = dict(zip(tokens, range(n)))         # the last id where a text repeats
+        # the last id where a text repeats
+        token_to_id = text_index(cache, "tokens", tokens, lambda: dict(zip(tokens, range(n))))
 
         if model == "gpt2":
             defaults = {"bos": 11, "eos": 11, "unk": None}
