@@ -11,7 +11,8 @@ count of texts it was built for catch a truncated or corrupt file, which is then
 Lookups cost ~0.5 µs against a dict's 0.05: fine for a prompt, and long texts are cached a word at a
 time by the tokenizers.
 
-Layout: $LOCALLLM_HOME/tokenizers/<key>/<name>.bin, the key covering the model file (path, size, mtime)
+Layout: $LOCALLLM_HOME/tokenizers/<key>/<name>.bin (a header: magic, count of texts, CRC-32 of the
+body; then the body), the key covering the model file (path, size, mtime)
 and this module's source. LOCALLLM_TOKENIZER_CACHE=0 turns it off.
 """
 from __future__ import annotations
@@ -83,6 +84,7 @@ def table_of(mapping: dict[str, int]) -> array:
 
 
 def _read(path: Path, n_texts: int) -> memoryview | None:
+    """The body of a file _write wrote for n_texts texts, or None (missing, foreign, damaged)."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -91,15 +93,11 @@ def _read(path: Path, n_texts: int) -> memoryview | None:
         return None
     magic, count, crc = _HEADER.unpack_from(data)
     body = memoryview(data)[_HEADER.size:]
-    n_slots = len(body) // 4
-    if (magic != _MAGIC or count != n_texts or len(body) % 4 or n_slots < 16 or n_slots & (n_slots - 1)
-            or zlib.crc32(body) != crc):
-        return None
-    return body.cast("i")
+    return body if magic == _MAGIC and count == n_texts and zlib.crc32(body) == crc else None
 
 
-def _write(path: Path, table: array, n_texts: int) -> None:
-    body = table.tobytes()
+def _write(path: Path, body: bytes, n_texts: int) -> None:
+    """Header and body to `path`, whole or not at all (written beside it, then renamed)."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,23 +110,19 @@ def _write(path: Path, table: array, n_texts: int) -> None:
             pass
 
 
-def cached_text(folder: Path | None, name: str, build: Callable[[], str]) -> str:
-    """`build()`, kept in `folder` as UTF-8 (a small derived table, such as SentencePiece's joins_space)."""
+def cached_text(folder: Path | None, name: str, texts: list[str], build: Callable[[], str]) -> str:
+    """`build()` (a string derived from `texts`, such as SentencePiece's joins_space), kept in `folder`."""
     if folder is None:
         return build()
-    path = folder / f"{name}.txt"
-    try:
-        return path.read_bytes().decode("utf-8", "surrogatepass")
-    except (OSError, UnicodeDecodeError):
-        pass
+    path = folder / f"{name}.bin"
+    body = _read(path, len(texts))
+    if body is not None:
+        try:
+            return bytes(body).decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            pass
     text = build()
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(text.encode("utf-8", "surrogatepass"))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    _write(path, text.encode("utf-8", "surrogatepass"), len(texts))
     return text
 
 
@@ -137,9 +131,10 @@ def text_index(folder: Path | None, name: str, texts: list[str], build: Callable
     if folder is None:
         return build()
     path = folder / f"{name}.bin"
-    table = _read(path, len(texts))
-    if table is not None:
-        return TextIndex(texts, table)
+    body = _read(path, len(texts))
+    n_slots = len(body) // 4 if body is not None else 0
+    if body is not None and len(body) % 4 == 0 and n_slots >= 16 and n_slots & (n_slots - 1) == 0:
+        return TextIndex(texts, body.cast("i"))
     mapping = build()
-    _write(path, table_of(mapping), len(texts))
+    _write(path, table_of(mapping).tobytes(), len(texts))
     return mapping

@@ -25,7 +25,7 @@ class SPMTokenizer:
         self.vocab = vocab
         self.scores = vocab.scores
         self.byte_ids = [self._byte_token(b) for b in range(256)]
-        self.joins_space = set(cached_text(cache, "joins_space", lambda: "".join(sorted(
+        self.joins_space = set(cached_text(cache, "joins_space", vocab.tokens, lambda: "".join(sorted(
             {tok[i - 1] for tok in vocab.tokens if SPACE in tok[1:] for i in range(1, len(tok)) if tok[i] == SPACE}))))
         self._cache: dict[str, list[int]] = {}
 
