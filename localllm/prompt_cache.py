@@ -37,16 +37,13 @@ def cache_dir(model_path, n_batch: int) -> Path | None:
     longer than a batch is evaluated in chunks of it."""
     if os.environ.get("LOCALLLM_PROMPT_CACHE", "1") == "0":
         return None
-    from .hub.store import default_home
+    from .hub.store import file_cache_dir
     from .kernels import avx2, vnni
 
-    st = os.stat(model_path)
-    h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{avx2.ENABLED}|"
-                       f"{vnni.ENABLED}|{avx2.SCALE16}|{avx2.TWO_LEVEL}|{n_batch}".encode())
     pkg = Path(__file__).resolve().parent
-    for p in sorted(f for d in _KEYED_DIRS for f in (pkg / d).glob("*.py")) + [pkg / f for f in _KEYED_FILES]:
-        h.update(p.read_bytes())
-    return default_home() / "prompts" / h.hexdigest()[:32]
+    sources = sorted(f for d in _KEYED_DIRS for f in (pkg / d).glob("*.py")) + [pkg / f for f in _KEYED_FILES]
+    return file_cache_dir("prompts", model_path,
+                          f"{avx2.ENABLED}|{vnni.ENABLED}|{avx2.SCALE16}|{avx2.TWO_LEVEL}|{n_batch}", sources)
 
 
 class PromptCache:

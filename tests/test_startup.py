@@ -160,7 +160,8 @@ def _package_copy(tmp_path):
 
     shutil.copytree(Path(kernels_pkg.__file__).parent.parent, tmp_path / "localllm",
                     ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
-    return tmp_path / "localllm", {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}    # caches beside the copy
+    return tmp_path / "localllm", {**env, "PYTHONPATH": str(tmp_path)}
 
 
 def _run(code, env, cwd, *args):

@@ -33,6 +33,36 @@ def default_home() -> Path:
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "localllm"
 
 
+def file_cache_dir(kind: str, model_path, settings: str, sources) -> Path:
+    """$LOCALLLM_HOME/<kind>/<key>: a folder of what is derived from one model file, the key covering the
+    file (real path, size, mtime), the settings that shape what is derived, and the source files
+    (paths) of the code that derives it."""
+    import hashlib
+
+    st = os.stat(model_path)
+    h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{settings}".encode())
+    for path in sources:
+        h.update(Path(path).read_bytes())
+    return default_home() / kind / h.hexdigest()[:32]
+
+
+def write_cache_file(path: Path, data: bytes) -> bool:
+    """Write a cache file whole or not at all (beside it, then renamed; the folder made as needed).
+    False, leaving nothing behind, where it cannot be written (a read-only or full home)."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        return False
+
+
 def blob_name(sha256: str) -> str:
     return f"sha256-{sha256.lower()}"
 

@@ -13,7 +13,6 @@ held them first, but building one compiled its methods in every process: 2.2 s o
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -434,17 +433,13 @@ def pack_cache_dir(model_path) -> Path | None:
     Keyed on the file (path, size, mtime), the code that packs, and the kernel choice."""
     if os.environ.get("LOCALLLM_PACK_CACHE", "1") == "0":
         return None
-    from ..hub.store import default_home
+    from ..hub.store import file_cache_dir
     from . import avx2, vnni
     from .repacked import R
 
-    st = os.stat(model_path)
-    h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{avx2.ENABLED}|"
-                       f"{vnni.ENABLED}|{avx2.SCALE16}|{avx2.TWO_LEVEL}|{R}".encode())
     pkg = Path(__file__).resolve().parent.parent
-    for rel in _KEYED_SOURCES:
-        h.update((pkg / rel).read_bytes())
-    return default_home() / "packed" / h.hexdigest()[:32]
+    return file_cache_dir("packed", model_path, f"{avx2.ENABLED}|{vnni.ENABLED}|{avx2.SCALE16}|{avx2.TWO_LEVEL}|{R}",
+                          (pkg / rel for rel in _KEYED_SOURCES))
 
 
 def _save(cache: Path, bufs) -> None:

@@ -26,7 +26,6 @@ machine code beside the kernels' cache and loads it as Numba loads a cached kern
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from functools import lru_cache
 from pathlib import Path
@@ -93,6 +92,8 @@ def _init_nrt_cached(ctx, folder: Path) -> None:
     from numba.core.compiler_lock import global_compiler_lock
     from numba.core.runtime import _nrt_python, nrtdynmod
 
+    from ..hub.store import write_cache_file
+
     if config.NRT_STATS:
         raise RuntimeError("NRT statistics asked for: let Numba initialize")
     with global_compiler_lock:
@@ -110,12 +111,7 @@ def _init_nrt_cached(ctx, folder: Path) -> None:
             library.enable_object_caching()
             library.add_ir_module(ir_module)
             library.finalize()
-            try:
-                tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-                tmp.write_bytes(pickle.dumps(library.serialize_using_object_code()))
-                os.replace(tmp, path)
-            except OSError:
-                pass
+            write_cache_file(path, pickle.dumps(library.serialize_using_object_code()))
         rtsys._library = library
         rtsys._init = True
 

@@ -17,7 +17,6 @@ and this module's source. LOCALLLM_TOKENIZER_CACHE=0 turns it off.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import zlib
@@ -33,12 +32,9 @@ def cache_dir(model_path) -> Path | None:
     """Where a model file's tables live (None: LOCALLLM_TOKENIZER_CACHE=0)."""
     if os.environ.get("LOCALLLM_TOKENIZER_CACHE", "1") == "0":
         return None
-    from ..hub.store import default_home
+    from ..hub.store import file_cache_dir
 
-    st = os.stat(model_path)
-    h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|".encode())
-    h.update(Path(__file__).read_bytes())
-    return default_home() / "tokenizers" / h.hexdigest()[:32]
+    return file_cache_dir("tokenizers", model_path, "", [__file__])
 
 
 def _key(s: str) -> int:
@@ -97,17 +93,9 @@ def _read(path: Path, n_texts: int) -> memoryview | None:
 
 
 def _write(path: Path, body: bytes, n_texts: int) -> None:
-    """Header and body to `path`, whole or not at all (written beside it, then renamed)."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(_HEADER.pack(_MAGIC, n_texts, zlib.crc32(body)) + body)
-        os.replace(tmp, path)
-    except OSError:                  # a read-only or full home: run without the cache
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+    from ..hub.store import write_cache_file
+
+    write_cache_file(path, _HEADER.pack(_MAGIC, n_texts, zlib.crc32(body)) + body)
 
 
 def cached_text(folder: Path | None, name: str, texts: list[str], build: Callable[[], str]) -> str:
