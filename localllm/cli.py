@@ -491,6 +491,7 @@ def show(
 def rm(names: Annotated[List[str], typer.Argument(help="Models to delete from the store.",
                                                   autocompletion=_complete_model, show_default=False)]):
     """Delete models from the store (a file shared by several names stays until the last goes)."""
+    from .hub.info import human_bytes
     from .hub.names import LocalRef
     from .hub.pull import resolve_name
     from .hub.store import Store
@@ -503,8 +504,8 @@ def rm(names: Annotated[List[str], typer.Argument(help="Models to delete from th
             ref = None     # an unknown name may still be a record (a manifest since removed)
         if isinstance(ref, LocalRef):
             raise LocalLLMError(f"{name} is a file outside the store; localllm does not delete it")
-        store.remove(ref.name if ref else name)
-        typer.echo(f"deleted '{ref.name if ref else name}'")
+        _, freed = store.remove(ref.name if ref else name)
+        typer.echo(f"deleted '{ref.name if ref else name}'" + (f" ({human_bytes(freed)} freed)" if freed else ""))
 
 @app.command()
 @_friendly

@@ -135,6 +135,33 @@ def test_pull_list_show_rm(hub_env):
     assert r.exit_code == 0 and r.stdout == "" and "No models yet" in r.stderr
 
 
+def test_rm_deletes_what_was_derived_from_the_model(hub_env, tmp_path):
+    """The repacked weights, prompt entries and tokenizer tables of a deleted model go with it; those of
+    a model still there stay, and so do a shared blob's while another name points at it."""
+    from localllm.hub.store import CACHE_KINDS, Store, file_cache_dir
+
+    assert runner.invoke(app, ["pull", "tiny"]).exit_code == 0
+    assert runner.invoke(app, ["pull", "hf.co/test/Tiny-GGUF"]).exit_code == 0     # the same bytes
+    blob = Store().path_of(Store().get("tiny:test"))
+    other = make_gguf(tmp_path / "other.gguf")
+    src = tmp_path / "code.py"
+    src.write_text("x = 1")
+    mine, kept = [], []
+    for kind in CACHE_KINDS:
+        for model, into in ((blob, mine), (other, kept)):
+            folder = file_cache_dir(kind, model, "", [src])
+            folder.mkdir(parents=True)
+            (folder / "data.bin").write_bytes(b"\0" * 1000)
+            into.append(folder)
+    r = runner.invoke(app, ["rm", "tiny"])
+    assert r.exit_code == 0 and r.stdout.strip() == "deleted 'tiny:test'"      # the blob is still named
+    assert all(f.is_dir() for f in mine + kept)
+    r = runner.invoke(app, ["rm", "hf.co/test/Tiny-GGUF"])
+    assert r.exit_code == 0 and "deleted 'hf.co/test/Tiny-GGUF'" in r.stdout and "freed" in r.stdout, r.stdout
+    assert not any(f.exists() or f.with_name(f.name + ".json").exists() for f in mine)
+    assert all(f.is_dir() and f.with_name(f.name + ".json").is_file() for f in kept)
+
+
 def test_list_show_rm_in_a_subprocess(hub_env):
     env = hub_env.environ()
     r = _sub(["pull", "hf.co/test/Tiny-GGUF:Q8_0"], env=env)

@@ -17,7 +17,7 @@ from localllm.hub.download import (ChecksumMismatchError, DiskSpaceError, Downlo
                                    HubUnreachableError)
 from localllm.hub.names import HFRef, LocalRef, ManifestRef, pick_gguf, resolve
 from localllm.hub.pull import model_path, pull
-from localllm.hub.store import Store
+from localllm.hub.store import Store, file_cache_dir, sweep_caches
 
 
 def _blobs(store: Store) -> list[str]:
@@ -289,3 +289,42 @@ def test_two_pulls_of_one_file_download_it_once(hub_env):
     assert errors == [] and len(results) == 2 and results[0].blob == results[1].blob
     assert len(hub_env.hub.gets(Q4)) == 1
     assert Store().path_of(results[0]).read_bytes() == hub_env.data
+
+
+def test_a_new_cache_folder_clears_the_ones_it_supersedes(tmp_path, monkeypatch):
+    """Derived-cache folders go when their model file is gone or changed, when the same file gets them
+    from other code (an upgrade), or when they carry no note (an older localllm's); other settings of the
+    same code, other models' folders and folders being written stay."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LOCALLLM_HOME", str(home))
+    m, m2, src = tmp_path / "m.gguf", tmp_path / "m2.gguf", tmp_path / "code.py"
+    m.write_bytes(b"model one")
+    m2.write_bytes(b"model two")
+    src.write_text("version = 1")
+
+    def make(model, settings):
+        folder = file_cache_dir("packed", model, settings, [src])
+        folder.mkdir(parents=True)
+        (folder / "q.npy").write_bytes(b"\0" * 4096)
+        return folder
+
+    a = make(m, "avx2")
+    legacy, writing = home / "packed" / "0123abcd", home / "packed" / "feedbeef.tmp42"
+    for f in (legacy, writing):
+        f.mkdir()
+        (f / "q.npy").write_bytes(b"\0")
+    b = make(m, "float")                      # same code, other settings: both stay; the legacy one goes
+    assert a.is_dir() and b.is_dir() and not legacy.exists() and writing.is_dir()
+    assert file_cache_dir("packed", m, "avx2", [src]) == a     # asked again: the same folder, kept
+    assert a.is_dir() and b.is_dir()
+    c = make(m2, "avx2")
+    src.write_text("version = 2")             # an upgrade: m's folders from version 1 go, m2's stays
+    d = make(m, "avx2")
+    assert d != a and not a.exists() and not b.exists() and c.is_dir() and d.is_dir()
+    assert not a.with_name(a.name + ".json").exists()
+    m.write_bytes(b"model one, re-pulled")    # the file changed: what was derived from it is stale
+    assert sweep_caches() >= 4096 and not d.exists() and c.is_dir()
+    m2.unlink()                               # the file is gone
+    assert sweep_caches() >= 4096 and not c.exists()
+    assert sorted(p.name for p in (home / "packed").iterdir()) == [writing.name]
+    assert sweep_caches() == 0

@@ -33,17 +33,91 @@ def default_home() -> Path:
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "localllm"
 
 
+CACHE_KINDS = ("packed", "prompts", "tokenizers")   # folders of what is derived from one model file
+
+
 def file_cache_dir(kind: str, model_path, settings: str, sources) -> Path:
     """$LOCALLLM_HOME/<kind>/<key>: a folder of what is derived from one model file, the key covering the
     file (real path, size, mtime), the settings that shape what is derived, and the source files
-    (paths) of the code that derives it."""
+    (paths) of the code that derives it.
+
+    The first time a key is asked for, a note of its model file and code (<key>.json beside the folder)
+    is written, and the folders it supersedes are deleted (sweep_caches): those of a model file since
+    deleted or changed, and those the same file got from other code (an upgrade of localllm: the
+    repacked weights alone are the model's size). The caller makes the folder itself."""
     import hashlib
 
-    st = os.stat(model_path)
-    h = hashlib.sha256(f"{os.path.realpath(model_path)}|{st.st_size}|{st.st_mtime_ns}|{settings}".encode())
+    real = os.path.realpath(model_path)
+    st = os.stat(real)
+    code = hashlib.sha256()
     for path in sources:
-        h.update(Path(path).read_bytes())
-    return default_home() / kind / h.hexdigest()[:32]
+        code.update(Path(path).read_bytes())
+    code = code.hexdigest()[:32]
+    h = hashlib.sha256(f"{real}|{st.st_size}|{st.st_mtime_ns}|{settings}|{code}".encode())
+    folder = default_home() / kind / h.hexdigest()[:32]
+    note = folder.with_name(folder.name + ".json")
+    if not note.exists() and not folder.exists():
+        sweep_caches(kinds=(kind,), model=real, code=code)
+        write_cache_file(note, json.dumps({"model": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                           "code": code}).encode())
+    return folder
+
+
+def _remove_cache_entry(folder: Path) -> int:
+    """Delete a cache folder (or file) and its note; the bytes freed."""
+    import shutil
+
+    freed = 0
+    if folder.is_dir():
+        for f in folder.rglob("*"):
+            try:
+                freed += f.lstat().st_size if f.is_file() else 0
+            except OSError:
+                pass
+        shutil.rmtree(folder, ignore_errors=True)
+    note = folder.with_name(folder.name + ".json")
+    for f in (note,) if folder.is_dir() else (folder, note):
+        try:
+            freed += f.lstat().st_size
+            f.unlink()
+        except OSError:
+            pass
+    return freed
+
+
+def sweep_caches(home: Path | None = None, kinds=CACHE_KINDS, model: str | None = None,
+                 code: str | None = None, drop: str | None = None) -> int:
+    """Delete derived-cache folders that nothing will use again; the bytes freed. A folder goes when its
+    model file is gone or has changed (size, mtime), when it has no note (written by a localllm from
+    before the notes), or, given `model` (a real path) and `code`, when it was derived from that model
+    by other code; and every one derived from `drop` (a real path: a model deleted from the store).
+    Folders being written (name.tmpPID) are left alone."""
+    home = default_home() if home is None else Path(home)
+    freed = 0
+    for kind in kinds:
+        root = home / kind
+        try:
+            entries = list(root.iterdir())
+        except OSError:
+            continue
+        notes = {e.name[:-5] for e in entries if e.name.endswith(".json")}
+        for e in entries:
+            if ".tmp" in e.name:
+                continue
+            if e.name.endswith(".json"):
+                key = e.name[:-5]
+                try:
+                    info = json.loads(e.read_text())
+                    st = os.stat(info["model"])
+                    stale = (info["model"] == drop or st.st_size != info["size"] or st.st_mtime_ns != info["mtime_ns"]
+                             or (model is not None and info["model"] == model and info["code"] != code))
+                except (OSError, ValueError, KeyError, TypeError):
+                    stale = True
+                if stale:
+                    freed += _remove_cache_entry(root / key)
+            elif e.name not in notes:
+                freed += _remove_cache_entry(e)
+    return freed
 
 
 def write_cache_file(path: Path, data: bytes) -> bool:
@@ -160,8 +234,10 @@ class Store:
     def names(self) -> list[str]:
         return [r.name for r in self.list()]
 
-    def remove(self, name: str) -> Record:
-        """Forget `name`; delete its blob when no other name points at it. Returns the removed record."""
+    def remove(self, name: str) -> tuple[Record, int]:
+        """Forget `name`; delete its blob when no other name points at it, with what localllm derived
+        from it (repacked weights, prompt entries, tokenizer tables). Returns the removed record and the
+        bytes freed."""
         f = self._record_file(name)
         if not f.is_file():
             raise ModelNotFoundError(f"'{name}' is not in the model store; `localllm list` shows what is")
@@ -171,9 +247,17 @@ class Store:
             f.unlink()
             raise ModelNotFoundError(f"'{name}' had an unreadable record; it has been removed") from None
         f.unlink()
+        freed = 0
         if not any(r.blob == rec.blob for r in self.list()):
-            self.blob_path(rec.blob).unlink(missing_ok=True)
-        return rec
+            blob = self.blob_path(rec.blob)
+            real = os.path.realpath(blob)
+            try:
+                freed += blob.stat().st_size if not blob.is_symlink() else 0
+            except OSError:
+                pass
+            blob.unlink(missing_ok=True)
+            freed += sweep_caches(self.home, drop=real)
+        return rec, freed
 
 
 def resolve_local(name: str, pull_missing: bool = True) -> Path:
