@@ -118,29 +118,37 @@ ModelArg = Annotated[str, typer.Argument(help="Model: a name (smollm2, qwen2.5-c
 
 # progress on stderr -----------------------------------------------------------------------------------
 def _reporter():
-    from rich.markup import escape
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
+    """The download reporter for pull/run; rich's progress bars are imported only once there is
+    something to say (`localllm run` of a model already here never needs them: ~35 ms)."""
     from .hub.download import Reporter
-
-    console = _stderr()
 
     class RichReporter(Reporter):
         progress = None
         task = None
+        console = None
+
+        def _console(self):
+            if self.console is None:
+                self.console = _stderr()
+            return self.console
 
         def info(self, msg):
-            console.print(escape(msg))
+            from rich.markup import escape
+            self._console().print(escape(msg))
 
         def warn(self, msg):
-            console.print(f"[yellow]warning:[/yellow] {escape(msg)}")
+            from rich.markup import escape
+            self._console().print(f"[yellow]warning:[/yellow] {escape(msg)}")
 
         def start(self, description, total, completed=0):
+            from rich.markup import escape
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
             self.stop()
             self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                                      TransferSpeedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                     console=console)
+                                     console=self._console())
             self.progress.start()
             self.task = self.progress.add_task(escape(description), total=total, completed=completed)
 
