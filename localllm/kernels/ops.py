@@ -82,8 +82,8 @@ def _attend_heads(q, k_cache, v_cache, pos0, scale, window, out, t, kvh, h0, h1)
                 a += q[t, h0 + g, d] * k_cache[kvh, start + j, d]
             s[g, j] = a * scale
     for g in range(h1 - h0):
-        best = np.float32(-np.inf)
-        for j in range(n):
+        best = s[g, 0]      # not -inf: fastmath code may assume there are no infinities
+        for j in range(1, n):
             best = max(best, s[g, j])
         total = np.float32(0.0)
         for j in range(n):
@@ -194,8 +194,9 @@ def _softmax_causal_row(s, i, t_n, pos0, start, window, scale):
     n = s.shape[1]
     lo = 0 if window <= 0 else max(0, p - window + 1 - start)
     hi = p - start + 1                      # keys [lo, hi) are visible
-    best = -np.inf
-    for j in range(lo, hi):
+    s[i, lo] *= scale
+    best = s[i, lo]         # not -inf: fastmath code may assume no infinities
+    for j in range(lo + 1, hi):
         s[i, j] *= scale
         best = max(best, s[i, j])
     total = np.float32(0.0)
