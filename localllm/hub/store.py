@@ -63,22 +63,24 @@ def file_cache_dir(kind: str, model_path, settings: str, sources) -> Path:
     return folder
 
 
-def _remove_cache_entry(folder: Path) -> int:
-    """Delete a cache folder (or file) and its note; the bytes freed."""
+def _remove_cache_entry(entry: Path) -> int:
+    """Delete a cache folder (or a stray file) and its note; the bytes freed."""
     import shutil
 
-    freed = 0
-    if folder.is_dir():
-        for f in folder.rglob("*"):
-            try:
-                freed += f.lstat().st_size if f.is_file() else 0
-            except OSError:
-                pass
-        shutil.rmtree(folder, ignore_errors=True)
-    note = folder.with_name(folder.name + ".json")
-    for f in (note,) if folder.is_dir() else (folder, note):
+    def size(f: Path) -> int:
         try:
-            freed += f.lstat().st_size
+            return f.lstat().st_size
+        except OSError:
+            return 0
+
+    note = entry.with_name(entry.name + ".json")
+    is_dir = entry.is_dir()
+    files = [f for f in entry.rglob("*") if f.is_file()] if is_dir else [entry]
+    freed = sum(size(f) for f in files + [note])
+    if is_dir:
+        shutil.rmtree(entry, ignore_errors=True)
+    for f in [note] if is_dir else [entry, note]:
+        try:
             f.unlink()
         except OSError:
             pass
