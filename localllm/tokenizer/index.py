@@ -98,31 +98,40 @@ def _write(path: Path, body: bytes, n_texts: int) -> None:
     write_cache_file(path, _HEADER.pack(_MAGIC, n_texts, zlib.crc32(body)) + body)
 
 
-def cached_text(folder: Path | None, name: str, texts: list[str], build: Callable[[], str]) -> str:
-    """`build()` (a string derived from `texts`, such as SentencePiece's joins_space), kept in `folder`."""
+def _kept(folder: Path | None, name: str, n_texts: int, build, dump, load):
+    """build(), kept in folder/<name>.bin as dump(built) between runs; a later run gets load(body) of
+    the file, or builds (and rewrites) it where that is None or the file is missing or damaged."""
     if folder is None:
         return build()
     path = folder / f"{name}.bin"
-    body = _read(path, len(texts))
-    if body is not None:
-        try:
-            return bytes(body).decode("utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            pass
-    text = build()
-    _write(path, text.encode("utf-8", "surrogatepass"), len(texts))
-    return text
+    body = _read(path, n_texts)
+    if body is not None and (kept := load(body)) is not None:
+        return kept
+    built = build()
+    _write(path, dump(built), n_texts)
+    return built
+
+
+def _decoded(body: memoryview) -> str | None:
+    try:
+        return bytes(body).decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+
+
+def _index(texts: list[str], body: memoryview) -> TextIndex | None:
+    n_slots = len(body) // 4
+    if len(body) % 4 or n_slots < 16 or n_slots & (n_slots - 1):
+        return None
+    return TextIndex(texts, body.cast("i"))
+
+
+def cached_text(folder: Path | None, name: str, texts: list[str], build: Callable[[], str]) -> str:
+    """`build()` (a string derived from `texts`, such as SentencePiece's joins_space), kept in `folder`."""
+    return _kept(folder, name, len(texts), build, lambda text: text.encode("utf-8", "surrogatepass"), _decoded)
 
 
 def text_index(folder: Path | None, name: str, texts: list[str], build: Callable[[], dict[str, int]]):
     """`build()` (a dict whose values index `texts`), or the TextIndex of the table `folder` keeps of it."""
-    if folder is None:
-        return build()
-    path = folder / f"{name}.bin"
-    body = _read(path, len(texts))
-    n_slots = len(body) // 4 if body is not None else 0
-    if body is not None and len(body) % 4 == 0 and n_slots >= 16 and n_slots & (n_slots - 1) == 0:
-        return TextIndex(texts, body.cast("i"))
-    mapping = build()
-    _write(path, table_of(mapping).tobytes(), len(texts))
-    return mapping
+    return _kept(folder, name, len(texts), build, lambda mapping: table_of(mapping).tobytes(),
+                 lambda body: _index(texts, body))
