@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from localllm.kernels.ops import (attention, attention_blas, attention_serial, gelu_tanh_mul, gelu_tanh_mul_rows,
-                                  rmsnorm, rope, rope_tables, silu_mul, silu_mul_rows)
+from localllm.kernels.ops import (attend_partial, attention, attention_blas, attention_serial, attention_split,
+                                  attention_split_serial, gelu_tanh_mul, gelu_tanh_mul_rows, merge_partials, rmsnorm,
+                                  rope, rope_tables, silu_mul, silu_mul_rows, split_range)
 from localllm.kernels.simd import exp_f32
 
 
@@ -55,6 +56,69 @@ def test_attention_kernels(pos0, t_n, window):
         out = np.empty((t_n, hq, hd), np.float32)
         fn(q, kc, vc, pos0, np.float32(0.25), window, out)
         np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("hq,hkv,hd", [(6, 2, 64), (4, 1, 256), (9, 3, 80), (14, 2, 64)])
+def test_attention_head_sizes(hq, hkv, hd):
+    """The vector paths (eight keys a dot product pass, 64 value columns in registers: head sizes that
+    are multiples of 8 / 64) and the plain loops (80: a multiple of 8, not of 64), over key counts that
+    are and are not multiples of 8 and of the 64-key block."""
+    rng = np.random.default_rng(hd + hq)
+    n_ctx = 200
+    kc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
+    vc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
+    for pos0, t_n, window in [(0, 1, 0), (6, 1, 0), (70, 1, 0), (150, 1, 0), (150, 1, 67), (3, 20, 0)]:
+        q = rng.standard_normal((t_n, hq, hd)).astype(np.float32)
+        ref = _attention_ref(q, kc, vc, pos0, 0.125, window)
+        for fn in (attention, attention_serial):
+            out = np.empty((t_n, hq, hd), np.float32)
+            fn(q, kc, vc, pos0, np.float32(0.125), window, out)
+            np.testing.assert_allclose(out, ref, atol=2e-6)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 5])
+@pytest.mark.parametrize("pos0,window", [(40, 0), (199, 0), (199, 50), (12, 0)])
+def test_attention_by_key_range(parts, pos0, window):
+    """Split-K decode attention: parts over disjoint key ranges (split_range) joined by merge_partials
+    give the attention over all the keys; attention_split (threads) and attention_split_serial agree to
+    the bit (the decode paths rely on it)."""
+    rng = np.random.default_rng(parts * 1000 + pos0)
+    hq, hkv, hd, n_ctx = 6, 2, 64, 200
+    q = rng.standard_normal((1, hq, hd)).astype(np.float32)
+    kc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
+    vc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
+    ref = _attention_ref(q, kc, vc, pos0, 0.125, window)
+    start = 0 if window <= 0 else pos0 - window + 1
+    bounds = [split_range(pos0, window, p, parts) for p in range(parts)]
+    assert bounds[0][0] == start and bounds[-1][1] == pos0 + 1
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))     # disjoint, in order, covering all
+    out = np.empty((1, hq, hd), np.float32)
+    attention_split(q, kc, vc, pos0, np.float32(0.125), window, out, parts)
+    np.testing.assert_allclose(out, ref, atol=2e-6)
+    serial = np.empty_like(out)
+    attention_split_serial(q, kc, vc, pos0, np.float32(0.125), window, serial, parts)
+    assert np.array_equal(out, serial)
+    # the parts themselves: highest score, weight sum and weighted values of their own keys
+    group = hq // hkv
+    m, l = np.empty((parts, hq), np.float32), np.empty((parts, hq), np.float32)
+    acc = np.empty((parts, hq, hd), np.float32)
+    s = np.empty((group, n_ctx), np.float32)
+    for p, (j0, j1) in enumerate(bounds):
+        if j1 == j0:
+            continue
+        for kvh in range(hkv):
+            attend_partial(q, kc, vc, kvh, kvh * group, (kvh + 1) * group, j0, j1, np.float32(0.125), s, m[p], l[p],
+                           acc[p])
+        for h in range(hq):
+            sc = kc[h // group, j0:j1].astype(np.float64) @ q[0, h] * 0.125
+            w = np.exp(sc - sc.max())
+            assert m[p, h] == pytest.approx(sc.max(), abs=1e-5)
+            assert l[p, h] == pytest.approx(w.sum(), rel=1e-5)
+            np.testing.assert_allclose(acc[p, h], w @ vc[h // group, j0:j1], rtol=1e-5, atol=1e-5)
+    if all(j1 > j0 for j0, j1 in bounds):
+        joined = np.empty((hq, hd), np.float32)
+        merge_partials(m, l, acc, joined)
+        np.testing.assert_allclose(joined, ref[0], atol=2e-6)
 
 
 def test_rmsnorm_and_activations():

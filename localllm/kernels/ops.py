@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .entry import entry_point, lean_caches
-from .simd import exp_f32
+from .simd import axpy64, dots8, exp_f32
 
 
 @njit(cache=True, fastmath=True)
@@ -65,39 +65,163 @@ def rope(x, pos0, cos, sin, neox):
             x[t, h, b] = x0 * s + x1 * c
 
 
+KEY_BLOCK = 64   # keys (and values) a pass takes at once, used by every query head of the group while cached
+
+
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _scores(q, k_cache, t, kvh, h0, h1, j0, j1, s):
+    """s[g, j - j0] (H', >= n) = q[t, h0 + g] . k_cache[kvh, j] for keys j = j0..j1-1 and query heads
+    h0..h1-1, unscaled; eight keys at a time where the head size is a multiple of 8."""
+    hd, n_ctx, ss = q.shape[2], k_cache.shape[1], s.shape[1]
+    qbase, kbase = (t * q.shape[1] + h0) * hd, (kvh * n_ctx + j0) * hd
+    n = j1 - j0
+    for b0 in range(0, n, KEY_BLOCK):
+        b1 = min(n, b0 + KEY_BLOCK)
+        for g in range(h1 - h0):
+            j = b0
+            if hd % 8 == 0:
+                while j + 8 <= b1:
+                    dots8(q, qbase + g * hd, k_cache, kbase + j * hd, hd, hd, s, g * ss + j)
+                    j += 8
+            for jj in range(j, b1):
+                a = np.float32(0.0)
+                for d in range(hd):
+                    a += q[t, h0 + g, d] * k_cache[kvh, j0 + jj, d]
+                s[g, jj] = a
+
+
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _weights(s, ng, n, scale, m, l, a0):
+    """In place: rows g < ng of s (first n columns) -> exp(scale * s - m), with m[a0 + g] the row's
+    highest scaled score and l[a0 + g] the sum of its weights."""
+    for g in range(ng):
+        best = s[g, 0] * scale      # not -inf: fastmath code may assume there are no infinities
+        for j in range(1, n):
+            best = max(best, s[g, j] * scale)
+        total = np.float32(0.0)
+        for j in range(n):
+            e = exp_f32(s[g, j] * scale - best)
+            s[g, j] = e
+            total += e
+        m[a0 + g] = best
+        l[a0 + g] = total
+
+
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _values(s, ng, v_cache, kvh, j0, j1, acc, a0):
+    """acc[a0 + g] (hd_v,) = sum_j s[g, j - j0] * v_cache[kvh, j] over j = j0..j1-1, for g < ng; 64
+    columns at a time in registers where hd_v is a multiple of 64."""
+    hd_v, n_ctx, ss = v_cache.shape[2], v_cache.shape[1], s.shape[1]
+    vbase = (kvh * n_ctx + j0) * hd_v
+    n = j1 - j0
+    for g in range(ng):
+        for d in range(hd_v):
+            acc[a0 + g, d] = 0.0
+    for b0 in range(0, n, KEY_BLOCK):
+        b1 = min(n, b0 + KEY_BLOCK)
+        for g in range(ng):
+            if hd_v % 64 == 0:
+                for c in range(0, hd_v, 64):
+                    axpy64(s, g * ss + b0, v_cache, vbase + b0 * hd_v + c, hd_v, b1 - b0, acc, (a0 + g) * hd_v + c)
+            else:
+                for j in range(b0, b1):
+                    w = s[g, j]
+                    for d in range(hd_v):
+                        acc[a0 + g, d] += w * v_cache[kvh, j0 + j, d]
+
+
 @njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _attend_heads(q, k_cache, v_cache, pos0, scale, window, out, t, kvh, h0, h1):
     """Queries of token t, heads h0..h1-1 (all reading KV head kvh), over their visible cache positions,
-    into out[t, h0:h1]. Each key and value row is read once for all of those heads."""
-    hd, hd_v = q.shape[2], v_cache.shape[2]
+    into out[t, h0:h1]. Each block of keys and values is read once for all of those heads."""
+    hd_v = v_cache.shape[2]
     p = pos0 + t
     start = 0 if window <= 0 else max(0, p - window + 1)
-    n = p + 1 - start
-    s = np.empty((h1 - h0, n), np.float32)   # (heads, n) scores, then weights
-    acc = np.empty(hd_v, np.float32)
-    for j in range(n):
-        for g in range(h1 - h0):
-            a = np.float32(0.0)
-            for d in range(hd):
-                a += q[t, h0 + g, d] * k_cache[kvh, start + j, d]
-            s[g, j] = a * scale
-    for g in range(h1 - h0):
-        best = s[g, 0]      # not -inf: fastmath code may assume there are no infinities
-        for j in range(1, n):
-            best = max(best, s[g, j])
-        total = np.float32(0.0)
-        for j in range(n):
-            e = exp_f32(s[g, j] - best)
-            s[g, j] = e
-            total += e
-        inv = np.float32(1.0) / total
-        acc[:] = 0.0
-        for j in range(n):
-            w = s[g, j] * inv
-            for d in range(hd_v):
-                acc[d] += w * v_cache[kvh, start + j, d]
+    n, ng = p + 1 - start, h1 - h0
+    s = np.empty((ng, n), np.float32)       # (heads, n) scores, then weights
+    m, l = np.empty(ng, np.float32), np.empty(ng, np.float32)
+    acc = np.empty((ng, hd_v), np.float32)
+    _scores(q, k_cache, t, kvh, h0, h1, start, p + 1, s)
+    _weights(s, ng, n, scale, m, l, 0)
+    _values(s, ng, v_cache, kvh, start, p + 1, acc, 0)
+    for g in range(ng):
+        inv = np.float32(1.0) / l[g]
         for d in range(hd_v):
-            out[t, h0 + g, d] = acc[d]
+            out[t, h0 + g, d] = acc[g, d] * inv
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def attend_partial(q, k_cache, v_cache, kvh, h0, h1, j0, j1, scale, s, m, l, acc):
+    """Attention of query heads h0..h1-1 of q (1, H, hd) (all reading KV head kvh) over the keys j0..j1-1
+    only (j1 > j0), unnormalised: m[h] the highest scaled score, l[h] = sum_j exp(score_j - m[h]) and
+    acc[h] (hd_v,) the values weighted so. merge_partials joins such parts over disjoint key ranges (each
+    thread of a decode step takes a range: split-K attention, as flash-decoding). s: scratch
+    (>= h1 - h0, >= j1 - j0); m, l (H,); acc (H, hd_v)."""
+    _scores(q, k_cache, 0, kvh, h0, h1, j0, j1, s)
+    _weights(s, h1 - h0, j1 - j0, scale, m, l, h0)
+    _values(s, h1 - h0, v_cache, kvh, j0, j1, acc, h0)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def merge_partials(m, l, acc, out):
+    """out (H, hd_v) = softmax-weighted values from attend_partial's parts m, l (P, H) and acc (P, H, hd_v)."""
+    n_parts, n_heads = m.shape
+    for h in range(n_heads):
+        best = m[0, h]
+        for i in range(1, n_parts):
+            best = max(best, m[i, h])
+        total = np.float32(0.0)
+        for i in range(n_parts):
+            total += exp_f32(m[i, h] - best) * l[i, h]
+        for d in range(acc.shape[2]):
+            out[h, d] = 0.0
+        for i in range(n_parts):
+            w = exp_f32(m[i, h] - best) / total
+            for d in range(acc.shape[2]):
+                out[h, d] += w * acc[i, h, d]
+
+
+@njit(cache=True, inline="always")
+def split_range(pos0, window, p, parts):
+    """Keys [j0, j1) of part p of `parts` equal ranges of those a query at pos0 sees (split-K decode)."""
+    start = 0 if window <= 0 else max(0, pos0 - window + 1)
+    n = pos0 + 1 - start
+    return start + p * n // parts, start + (p + 1) * n // parts
+
+
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _split_part(q, k_cache, v_cache, pos0, scale, window, p, parts, m, l, acc):
+    hkv = k_cache.shape[0]
+    group = q.shape[1] // hkv
+    j0, j1 = split_range(pos0, window, p, parts)
+    s = np.empty((group, j1 - j0), np.float32)
+    for kvh in range(hkv):
+        attend_partial(q, k_cache, v_cache, kvh, kvh * group, (kvh + 1) * group, j0, j1, scale, s, m[p], l[p],
+                       acc[p])
+
+
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
+def attention_split(q, k_cache, v_cache, pos0, scale, window, out, parts):
+    """Decode attention of one token (q (1, Hq, hd) at pos0) by key range: `parts` ranges (split_range)
+    across the threads, each for every head, then joined (merge_partials): the same sums as
+    decode_token_pooled's split-K attention with nt = parts, so the two decode paths agree to the bit."""
+    hq, hd_v = q.shape[1], v_cache.shape[2]
+    m, l = np.empty((parts, hq), np.float32), np.empty((parts, hq), np.float32)
+    acc = np.empty((parts, hq, hd_v), np.float32)
+    for p in prange(parts):
+        _split_part(q, k_cache, v_cache, pos0, scale, window, p, parts, m, l, acc)
+    merge_partials(m, l, acc, out[0])
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def attention_split_serial(q, k_cache, v_cache, pos0, scale, window, out, parts):
+    """`attention_split` on the calling thread (short contexts: cheaper than waking the pool)."""
+    hq, hd_v = q.shape[1], v_cache.shape[2]
+    m, l = np.empty((parts, hq), np.float32), np.empty((parts, hq), np.float32)
+    acc = np.empty((parts, hq, hd_v), np.float32)
+    for p in range(parts):
+        _split_part(q, k_cache, v_cache, pos0, scale, window, p, parts, m, l, acc)
+    merge_partials(m, l, acc, out[0])
 
 
 @njit(cache=True, parallel=True, fastmath=True, error_model="numpy")

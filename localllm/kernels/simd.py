@@ -10,12 +10,15 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 LANES = 32            # one call handles the 32 interleaved rows of a row group
 _I8V = ir.VectorType(ir.IntType(8), LANES)
 _F32V = ir.VectorType(ir.FloatType(), LANES)
 _I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_V8F = ir.VectorType(ir.FloatType(), 8)
 _FAST = ("fast",)
 
 
@@ -95,3 +98,93 @@ def exp_f32(x):
     p = p * r + np.float32(5.0000001201e-1)
     p = p * r * r + r + np.float32(1.0)
     return p * f32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+
+
+def _at(context, builder, ty, arr, at):
+    """Pointer to element `at` of a C-contiguous array, counted over its flat data."""
+    return builder.gep(context.make_array(ty)(context, builder, arr).data, [_i64(builder, at)])
+
+
+def _i64(builder, v):
+    return builder.sext(v, _I64) if v.type != _I64 else v
+
+
+def _v8(builder, ptr):
+    return builder.load(builder.bitcast(ptr, _V8F.as_pointer()), align=4)
+
+
+def _mix(builder, a, b, idx):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 8), idx))
+
+
+def _fma(builder, acc, a, b):
+    return builder.fadd(builder.load(acc), builder.fmul(a, b, flags=_FAST), flags=_FAST)
+
+
+@intrinsic
+def dots8(typingctx, q, qat, k, kat, stride, n, out, oat):
+    """out.flat[oat + i] = sum_{d < n} q.flat[qat + d] * k.flat[kat + i * stride + d] for i = 0..7: eight
+    keys' dot products with one query at once, their eight vector sums reduced together at the end (a
+    reduction per dot product cost as much as the products for head size 64). n a multiple of 8;
+    float32 C-contiguous arrays."""
+    sig = types.void(q, qat, k, kat, stride, n, out, oat)
+
+    def codegen(context, builder, signature, args):
+        ty = signature.args
+        qp, kp = _at(context, builder, ty[0], args[0], args[1]), _at(context, builder, ty[2], args[2], args[3])
+        stride, n = _i64(builder, args[4]), _i64(builder, args[5])
+        rows = [builder.gep(kp, [builder.mul(stride, ir.Constant(_I64, i))]) for i in range(8)]
+        accs = [cgutils.alloca_once(builder, _V8F) for _ in range(8)]     # LLVM keeps them in registers
+        for a in accs:
+            builder.store(ir.Constant(_V8F, [0.0] * 8), a)
+        with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), n, ir.Constant(_I64, 8)) as (d, _):
+            qv = _v8(builder, builder.gep(qp, [d]))
+            for i in range(8):
+                builder.store(_fma(builder, accs[i], qv, _v8(builder, builder.gep(rows[i], [d]))), accs[i])
+        a = [builder.load(x) for x in accs]
+        # transpose-and-add: pairs of lanes, then quads, then halves; lane i ends with key i's sum
+        ev, od = [0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15]
+        b = [builder.fadd(_mix(builder, a[i], a[i + 1], ev), _mix(builder, a[i], a[i + 1], od), flags=_FAST)
+             for i in range(0, 8, 2)]
+        lo, hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        c = [builder.fadd(_mix(builder, b[i], b[i + 1], lo), _mix(builder, b[i], b[i + 1], hi), flags=_FAST)
+             for i in range(0, 4, 2)]
+        r = builder.fadd(_mix(builder, c[0], c[1], [0, 1, 2, 3, 8, 9, 10, 11]),
+                         _mix(builder, c[0], c[1], [4, 5, 6, 7, 12, 13, 14, 15]), flags=_FAST)
+        op = _at(context, builder, ty[6], args[6], args[7])
+        builder.store(r, builder.bitcast(op, _V8F.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def axpy64(typingctx, w, wat, v, vat, stride, n, acc, aat):
+    """acc.flat[aat + d] += sum_{j < n} w.flat[wat + j] * v.flat[vat + j * stride + d] for d = 0..63: n
+    value rows' first 64 columns weighted and added, the 64 sums in eight vector registers until the end.
+    float32 C-contiguous arrays."""
+    sig = types.void(w, wat, v, vat, stride, n, acc, aat)
+
+    def codegen(context, builder, signature, args):
+        ty = signature.args
+        wp, vp = _at(context, builder, ty[0], args[0], args[1]), _at(context, builder, ty[2], args[2], args[3])
+        ap = _at(context, builder, ty[6], args[6], args[7])
+        stride, n = _i64(builder, args[4]), _i64(builder, args[5])
+        accs = [cgutils.alloca_once(builder, _V8F) for _ in range(8)]
+        for i, a in enumerate(accs):
+            builder.store(_v8(builder, builder.gep(ap, [ir.Constant(_I64, 8 * i)])), a)
+        with cgutils.for_range(builder, n) as loop:
+            j = loop.index
+            wv = builder.insert_element(ir.Constant(_V8F, ir.Undefined), builder.load(builder.gep(wp, [j])),
+                                        ir.Constant(_I32, 0))
+            wv = _mix(builder, wv, ir.Constant(_V8F, ir.Undefined), [0] * 8)
+            row = builder.gep(vp, [builder.mul(j, stride)])
+            for i in range(8):
+                builder.store(_fma(builder, accs[i], wv, _v8(builder, builder.gep(row, [ir.Constant(_I64, 8 * i)]))),
+                              accs[i])
+        for i, a in enumerate(accs):
+            builder.store(builder.load(a), builder.bitcast(builder.gep(ap, [ir.Constant(_I64, 8 * i)]),
+                                                           _V8F.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
