@@ -31,7 +31,7 @@ import json, sys
 from localllm.bench import run_bench
 cfg = json.loads(sys.argv[1])
 print(json.dumps(run_bench(cfg["model"], n_threads=cfg["threads"], reps=cfg["reps"], n_prompt=cfg["n_prompt"],
-                           n_gen=cfg["n_gen"], cold_start=cfg["cold_start"])))
+                           n_gen=cfg["n_gen"], cold_start=cfg["cold_start"], n_depth=cfg["n_depth"])))
 """
 
 # Runs in the llama-cpp-python interpreter: test_prompt / test_gen of llama-bench.cpp, in Python over ctypes.
@@ -41,9 +41,9 @@ cfg = json.loads(sys.argv[1])
 import llama_cpp as C
 from llama_cpp import Llama
 
-n_prompt, n_gen, n_batch, threads = cfg["n_prompt"], cfg["n_gen"], 512, cfg["threads"]
+n_prompt, n_gen, n_batch, threads, depth = cfg["n_prompt"], cfg["n_gen"], 512, cfg["threads"], cfg["n_depth"]
 t0 = time.perf_counter()
-llm = Llama(model_path=cfg["model"], n_ctx=n_prompt + n_gen, n_batch=n_batch, n_ubatch=n_batch,
+llm = Llama(model_path=cfg["model"], n_ctx=depth + max(n_prompt + n_gen, 16), n_batch=n_batch, n_ubatch=n_batch,
             n_threads=threads, n_threads_batch=threads, verbose=False)
 load_s = time.perf_counter() - t0
 ctx = llm._ctx.ctx
@@ -69,14 +69,21 @@ def test_prompt(n):
     C.llama_synchronize(ctx)
 
 def test_gen(n):
-    token = first()
+    token = first() if not depth else rng.randrange(n_vocab)
     for _ in range(n):
         decode([token])
         C.llama_synchronize(ctx)
         token = rng.randrange(n_vocab)
 
-def timed(fn, n):
+if depth:     # the context of the tests with depth, filled once; each test rewinds to it (llama-bench -d)
     C.llama_memory_clear(mem, False)
+    test_prompt(depth)
+
+def timed(fn, n):
+    if depth:
+        C.llama_memory_seq_rm(mem, -1, depth, -1)
+    else:
+        C.llama_memory_clear(mem, False)
     t = time.perf_counter()
     fn(n)
     return n / (time.perf_counter() - t)
@@ -84,7 +91,7 @@ def timed(fn, n):
 def mean_sd(rates):
     return statistics.fmean(rates), (statistics.stdev(rates) if len(rates) > 1 else 0.0)
 
-out = {"llama_cpp_version": C.__version__, "threads": threads, "load_s": load_s}
+out = {"llama_cpp_version": C.__version__, "threads": threads, "load_s": load_s, "n_depth": depth}
 if n_prompt:
     timed(test_prompt, n_prompt)
     rates = [timed(test_prompt, n_prompt) for _ in range(cfg["reps"])]
@@ -183,7 +190,7 @@ def _merge_rounds(results: list[dict], tests: list[str]) -> dict:
 
 def compare_model(path: str, args, llama_python: str | None) -> dict:
     cfg = {"model": str(path), "threads": args.threads, "reps": args.reps, "n_prompt": args.n_prompt,
-           "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0}
+           "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0, "n_depth": args.n_depth}
     read, total = bytes_per_token(path)
     entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
              "decode_limit_tps": args.bandwidth / read}
@@ -223,7 +230,7 @@ def _secs(r: dict | None, key: str) -> str:
 
 
 def format_report(report: dict) -> str:
-    from localllm.bench import format_table, markdown_table
+    from localllm.bench import format_table, markdown_table, test_label
 
     bw = report["bandwidth_gbs"]
     lines = [f"# localllm vs llama.cpp, {report['date']}",
@@ -244,7 +251,7 @@ def format_report(report: dict) -> str:
             else:
                 ratio = f"{ours[test] / ref[test]:.2f}x" if ref and ref.get(test) else "n/a"
             limit = m["decode_limit_tps"]
-            rows.append([test, _tps(ours, test), _tps(ref, test), ratio,
+            rows.append([test_label(test, report.get("n_depth", 0)), _tps(ours, test), _tps(ref, test), ratio,
                          _pct(ours, test, limit), _pct(ref, test, limit)])
         header = ["test", "localllm t/s", "llama.cpp t/s", "localllm / llama.cpp", "localllm % of limit",
                   "llama.cpp % of limit"]
@@ -274,6 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="repetitions after one warm-up (default 5)")
     p.add_argument("--n-prompt", type=int, default=512, help="prompt tokens for pp (default 512)")
     p.add_argument("--n-gen", type=int, default=128, help="decode steps for tg (default 128)")
+    p.add_argument("--n-depth", type=int, default=0,
+                   help="run both tests after this many cached positions, as llama-bench -d (default 0)")
     p.add_argument("--llama-python", default=DEFAULT_LLAMA_PYTHON,
                    help=f"interpreter with llama-cpp-python (default {DEFAULT_LLAMA_PYTHON})")
     p.add_argument("--bandwidth", type=float, default=DEFAULT_BANDWIDTH / 1e9,
@@ -287,6 +296,8 @@ def main(argv=None) -> int:
     args.bandwidth_gbs, args.bandwidth = args.bandwidth, args.bandwidth * 1e9
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    if args.n_depth < 0:
+        p.error("--n-depth must be at least 0")
     if args.threads is None:
         from localllm.threads import default_threads
         args.threads = default_threads()
@@ -299,7 +310,7 @@ def main(argv=None) -> int:
         print(f"note: {args.llama_python} cannot import llama_cpp; measuring localllm only", file=sys.stderr)
     report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu_model(),
               "n_cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps, "rounds": args.rounds,
-              "n_prompt": args.n_prompt,
+              "n_prompt": args.n_prompt, "n_depth": args.n_depth,
               "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs, "llama_cpp_version": version,
               "python": platform.python_version(), "models": []}
     for path in args.models:

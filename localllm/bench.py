@@ -38,27 +38,37 @@ def _prompt_ids(llm, n: int, rng: np.random.Generator) -> list[int]:
     return ids
 
 
-def _reset(llm) -> None:
-    llm.cache.reset()
+def _reset(llm, n_depth: int = 0) -> None:
+    """Forget every position from n_depth on (the context a test with depth starts from stays)."""
+    llm.cache.reset(n_depth)
     llm._ids = []
 
 
-def time_prompt(llm, ids: list[int]) -> float:
-    """Seconds for one prefill of `ids` into an empty cache, in chunks of llm.n_batch like llama_decode."""
+def fill_depth(llm, n_depth: int, rng: np.random.Generator) -> None:
+    """Prefill n_depth random tokens, untimed: the context that tests with depth start from (llama-bench's
+    -d). Each test then rewinds the cache to it, as llama-bench's removal of the later positions does."""
     _reset(llm)
+    if n_depth:
+        llm._forward(_prompt_ids(llm, n_depth, rng), 0, all_logits=False)
+
+
+def time_prompt(llm, ids: list[int], n_depth: int = 0) -> float:
+    """Seconds for one prefill of `ids` after n_depth cached positions (fill_depth), in chunks of
+    llm.n_batch like llama_decode."""
+    _reset(llm, n_depth)
     t0 = time.perf_counter()
-    llm._forward(ids, 0, all_logits=False)
+    llm._forward(ids, n_depth, all_logits=False)
     return time.perf_counter() - t0
 
 
-def time_gen(llm, n: int, rng: np.random.Generator) -> float:
-    """Seconds for n single-token decode steps from position 0 of an empty cache."""
-    _reset(llm)
-    first = _prompt_ids(llm, 1, rng)[0]
+def time_gen(llm, n: int, rng: np.random.Generator, n_depth: int = 0) -> float:
+    """Seconds for n single-token decode steps from position n_depth (fill_depth; 0: an empty cache)."""
+    _reset(llm, n_depth)
+    first = _prompt_ids(llm, 1, rng)[0] if n_depth == 0 else int(rng.integers(0, _n_vocab(llm)))
     tokens = [first] + rng.integers(0, _n_vocab(llm), n - 1).tolist()
     forward, cache = llm.model.forward, llm.cache
     t0 = time.perf_counter()
-    for pos, token in enumerate(tokens):
+    for pos, token in enumerate(tokens, n_depth):
         forward(np.array([token], np.int64), pos, cache)
     return time.perf_counter() - t0
 
@@ -127,15 +137,19 @@ def model_desc(gf) -> str:
 
 
 def run_bench(model_path: str | os.PathLike, n_threads: int | None = None, reps: int = 5, n_prompt: int = 512,
-              n_gen: int = 128, n_ctx: int | None = None, cold_start: bool = True, seed: int = 0) -> dict:
+              n_gen: int = 128, n_ctx: int | None = None, cold_start: bool = True, seed: int = 0,
+              n_depth: int = 0) -> dict:
     """Load the model and measure pp<n_prompt> and tg<n_gen> t/s (mean and sd over `reps`), plus load
-    time, cold start (a fresh process, see cold_start_s) and this process's peak RSS."""
+    time, cold start (a fresh process, see cold_start_s) and this process's peak RSS. n_depth > 0: both
+    tests run after that many cached positions (llama-bench's "pp512 @ d4096")."""
     import localllm
 
     if reps < 1:
         raise ValueError("reps must be at least 1")
-    llm = localllm.load(model_path, n_ctx=n_ctx or max(n_prompt + n_gen, 16), n_threads=n_threads)
-    need = max(n_prompt, n_gen)
+    if n_depth < 0:
+        raise ValueError("n_depth must be at least 0")
+    llm = localllm.load(model_path, n_ctx=n_ctx or n_depth + max(n_prompt + n_gen, 16), n_threads=n_threads)
+    need = n_depth + max(n_prompt, n_gen)
     if need > llm.n_ctx:
         raise ValueError(f"the tests need {need} positions but n_ctx is {llm.n_ctx}")
     rng = np.random.default_rng(seed)
@@ -152,16 +166,19 @@ def run_bench(model_path: str | os.PathLike, n_threads: int | None = None, reps:
         "reps": reps,
         "load_s": llm.load_s,
         "decode_weight_bytes": decode_weight_bytes(llm),
+        "n_depth": n_depth,
     }
+    if n_depth and (n_prompt > 0 or n_gen > 0):
+        fill_depth(llm, n_depth, rng)
     if n_prompt > 0:
         ids = _prompt_ids(llm, n_prompt, rng)
-        time_prompt(llm, ids)                       # warm-up: JIT dispatch, page faults on the weights
-        rates = [n_prompt / time_prompt(llm, _prompt_ids(llm, n_prompt, rng)) for _ in range(reps)]
+        time_prompt(llm, ids, n_depth)              # warm-up: JIT dispatch, page faults on the weights
+        rates = [n_prompt / time_prompt(llm, _prompt_ids(llm, n_prompt, rng), n_depth) for _ in range(reps)]
         out[f"pp{n_prompt}"], out[f"pp{n_prompt}_sd"] = _mean_sd(rates)
         out[f"pp{n_prompt}_samples"] = rates
     if n_gen > 0:
-        time_gen(llm, 1, rng)                       # llama-bench warms tg up with a single token
-        rates = [n_gen / time_gen(llm, n_gen, rng) for _ in range(reps)]
+        time_gen(llm, 1, rng, n_depth)              # llama-bench warms tg up with a single token
+        rates = [n_gen / time_gen(llm, n_gen, rng, n_depth) for _ in range(reps)]
         out[f"tg{n_gen}"], out[f"tg{n_gen}_sd"] = _mean_sd(rates)
         out[f"tg{n_gen}_samples"] = rates
     _reset(llm)
@@ -180,6 +197,11 @@ def _params(n: int) -> str:
 
 def _tests(result: dict) -> list[str]:
     return [k for k in result if (k.startswith("pp") or k.startswith("tg")) and k[2:].isdigit()]
+
+
+def test_label(test: str, n_depth: int = 0) -> str:
+    """A test's name as llama-bench prints it: "tg128", or "tg128 @ d4096" after 4096 cached positions."""
+    return f"{test} @ d{n_depth}" if n_depth else test
 
 
 def markdown_table(header: list[str], rows: list[list[str]], right: set[str] = frozenset(),
@@ -206,7 +228,7 @@ def format_table(results: dict | list[dict]) -> str:
     for r in results:
         for test in _tests(r):
             rows.append([r.get("model_desc") or r["model"], _size(r["file_size"]), _params(r.get("n_params", 0)),
-                         r.get("backend", "CPU"), str(r["threads"]), test,
+                         r.get("backend", "CPU"), str(r["threads"]), test_label(test, r.get("n_depth", 0)),
                          f"{r[test]:.2f} ± {r.get(test + '_sd', 0.0):.2f}"])
     return markdown_table(["model", "size", "params", "backend", "threads", "test", "t/s"], rows,
                           right={"size", "params", "threads", "test", "t/s"},

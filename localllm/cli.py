@@ -525,6 +525,8 @@ def bench(
     reps: Annotated[int, typer.Option("--reps", "-r", min=1, help="Repetitions after one warm-up.")] = 5,
     n_prompt: Annotated[int, typer.Option("--n-prompt", "-p", min=0, help="Prompt tokens of the pp test.")] = 512,
     n_gen: Annotated[int, typer.Option("--n-gen", "-n", min=0, help="Decode steps of the tg test.")] = 128,
+    n_depth: Annotated[int, typer.Option("--n-depth", "-d", min=0,
+                                         help="Run both tests after this many cached positions.")] = 0,
     cold_start: Annotated[bool, typer.Option("--cold-start/--no-cold-start",
                                              help="Also time a fresh process to its first token.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -541,7 +543,7 @@ def bench(
     for name in names:
         path, _ = model_path(name, store, pull_missing=False)
         results.append(run_bench(path, n_threads=threads, reps=reps, n_prompt=n_prompt, n_gen=n_gen,
-                                 cold_start=cold_start))
+                                 cold_start=cold_start, n_depth=n_depth))
     if json_out:
         typer.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
         return

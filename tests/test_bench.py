@@ -205,7 +205,7 @@ def test_compare_rounds_alternate_and_report_the_median_ratio(tiny_model, monkey
                 "file_size": 1, "n_params": 1, "reps": 1}
 
     monkeypatch.setattr(compare, "_run_json", fake_run)
-    args = argparse.Namespace(threads=1, reps=1, n_prompt=16, n_gen=4, no_cold_start=True, rounds=3,
+    args = argparse.Namespace(threads=1, reps=1, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=True, rounds=3,
                               bandwidth=28e9)
     entry = compare.compare_model(str(tiny_model), args, "/fake/python")
     assert calls == ["localllm", "llama_cpp", "llama_cpp", "localllm", "localllm", "llama_cpp"]
@@ -217,3 +217,30 @@ def test_compare_rounds_alternate_and_report_the_median_ratio(tiny_model, monkey
     text = compare.format_report(report)
     assert "2.00x" in text.split("| tg4")[1].split("\n")[0]          # the median, not 113.3 / 53.3
     assert "tg4 ratio per round" in text and "2.00x, 3.00x, 1.50x; median 2.00x" in text
+
+
+def test_run_bench_with_depth(tiny_model, monkeypatch):
+    """n_depth (llama-bench's -d): the context is filled once, and every repetition of both tests starts
+    from that position again; the table labels the tests "pp8 @ d20"."""
+    from localllm.arch import llama
+
+    calls = []
+    forward = llama.Model.forward
+
+    def spy(self, ids, pos0, cache, all_logits=False):
+        calls.append((pos0, len(ids), cache.n_tokens))
+        return forward(self, ids, pos0, cache, all_logits)
+
+    monkeypatch.setattr(llama.Model, "forward", spy)
+    r = run_bench(tiny_model, n_threads=1, reps=2, n_prompt=8, n_gen=3, cold_start=False, n_depth=20)
+    assert r["n_depth"] == 20 and r["n_ctx"] >= 28
+    assert calls[0] == (0, 20, 0)                                  # the fill, once
+    prompts = [c for c in calls[1:] if c[1] == 8]
+    assert prompts == [(20, 8, 20)] * 3                            # warm-up + 2 reps, each from position 20
+    steps = [c for c in calls[1:] if c[1] == 1]
+    assert [c[0] for c in steps] == [20] + [20, 21, 22] * 2        # warm-up token, then 2 reps of 3
+    assert steps[0][2] == 20 and all(c[2] == c[0] for c in steps)
+    rows = [line.split("|")[6].strip() for line in format_table(r).splitlines()[2:]]
+    assert rows == ["pp8 @ d20", "tg3 @ d20"]
+    with pytest.raises(ValueError, match="n_ctx"):
+        run_bench(tiny_model, n_threads=1, reps=1, n_prompt=8, n_gen=0, n_ctx=24, cold_start=False, n_depth=20)
