@@ -19,23 +19,35 @@ def lazy_zeros(shape: tuple, dtype=np.float32) -> np.ndarray:
 
 
 class KVCache:
-    """Keys and values of every layer for positions 0..n_tokens-1.
+    """Keys and values of every layer for positions 0..n_tokens-1, in float16 as llama.cpp keeps them.
 
-    k: (n_layer, n_kv_head, n_ctx, head_dim_k) float32; v: (n_layer, n_kv_head, n_ctx, head_dim_v).
-    Memory is taken only as the context fills (lazy_zeros).
+    k: (n_layer, n_kv_head, n_ctx, head_dim_k) and v: (n_layer, n_kv_head, n_ctx, head_dim_v), uint16
+    arrays holding float16 bits (Numba has no float16 type on the CPU; the attention kernels widen them,
+    kernels/simd.py); `keys` and `values` read them as float32. Half of float32's bytes: decode at
+    long contexts reads the whole cache every token. Memory is taken only as the context fills
+    (lazy_zeros).
     """
 
     def __init__(self, n_layer: int, n_kv_head: int, n_ctx: int, head_dim_k: int, head_dim_v: int):
         self.n_ctx = n_ctx
-        self.k = lazy_zeros((n_layer, n_kv_head, n_ctx, head_dim_k))
-        self.v = lazy_zeros((n_layer, n_kv_head, n_ctx, head_dim_v))
+        self.k = lazy_zeros((n_layer, n_kv_head, n_ctx, head_dim_k), np.uint16)
+        self.v = lazy_zeros((n_layer, n_kv_head, n_ctx, head_dim_v), np.uint16)
         self.n_tokens = 0
 
     def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
-        """Write k (T, n_kv_head, hd_k) and v (T, n_kv_head, hd_v) at positions pos0..pos0+T-1."""
+        """Write k (T, n_kv_head, hd_k) and v (T, n_kv_head, hd_v), float32, at positions pos0..pos0+T-1
+        (rounded to float16, to nearest even)."""
         t = k.shape[0]
-        self.k[layer, :, pos0:pos0 + t] = k.transpose(1, 0, 2)
-        self.v[layer, :, pos0:pos0 + t] = v.transpose(1, 0, 2)
+        self.k[layer, :, pos0:pos0 + t] = k.transpose(1, 0, 2).astype(np.float16).view(np.uint16)
+        self.v[layer, :, pos0:pos0 + t] = v.transpose(1, 0, 2).astype(np.float16).view(np.uint16)
+
+    def keys(self, layer: int) -> np.ndarray:
+        """Layer's keys (n_kv_head, n_tokens, hd_k) as float32."""
+        return self.k[layer, :, :self.n_tokens].view(np.float16).astype(np.float32)
+
+    def values(self, layer: int) -> np.ndarray:
+        """Layer's values (n_kv_head, n_tokens, hd_v) as float32."""
+        return self.v[layer, :, :self.n_tokens].view(np.float16).astype(np.float32)
 
     def reset(self, n_tokens: int = 0) -> None:
         """Forget positions n_tokens.. (they are overwritten on the next store)."""

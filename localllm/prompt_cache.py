@@ -11,7 +11,7 @@ the answer never depends on the cache.
 Layout: $LOCALLLM_HOME/prompts/<key>/<entry>/{k,v}.npy, the key covering the model file (path, size,
 mtime), the kernel choice and the sources of the code that computes keys and values, the entry named by
 the SHA-256 of the prefix's token ids (the ids themselves are not stored); k and v are (n_layer,
-n_kv_head, n_tokens, head_dim) float32. At most
+n_kv_head, n_tokens, head_dim) float16 bits (uint16), as the KV cache holds them. At most
 MAX_ENTRIES prefixes of at most MAX_TOKENS tokens are kept per model, the least recently used dropped
 first. LOCALLLM_PROMPT_CACHE=0 turns it off.
 """
@@ -64,7 +64,8 @@ class PromptCache:
             return False
         L, H, _, Dk = cache.k.shape
         Dv = cache.v.shape[3]
-        if k.shape != (L, H, n, Dk) or v.shape != (L, H, n, Dv) or n > cache.n_ctx:
+        if (k.shape != (L, H, n, Dk) or v.shape != (L, H, n, Dv) or n > cache.n_ctx
+                or k.dtype != cache.k.dtype or v.dtype != cache.v.dtype):     # (entries from float32 caches)
             return False
         cache.k[:, :, :n] = k
         cache.v[:, :, :n] = v

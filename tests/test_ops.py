@@ -6,7 +6,7 @@ from numba import njit
 from localllm.kernels.ops import (attend_partial, attention, attention_blas, attention_serial, attention_split,
                                   attention_split_serial, gelu_tanh_mul, gelu_tanh_mul_rows, merge_partials, rmsnorm,
                                   rope, rope_tables, silu_mul, silu_mul_rows, split_range)
-from localllm.kernels.simd import exp_f32
+from localllm.kernels.simd import exp_f32, f32_to_half, half_to_f32
 
 
 @njit(fastmath=True, error_model="numpy")
@@ -58,22 +58,62 @@ def test_attention_kernels(pos0, t_n, window):
         np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+@njit
+def _widen(h, out):
+    for i in range(h.size):
+        out[i] = half_to_f32(h[i])
+
+
+@njit
+def _narrow(x, out):
+    for i in range(x.size):
+        out[i] = f32_to_half(x[i])
+
+
+def test_float16_bits_as_numpy_has_them():
+    """The KV cache's float16 (uint16 bits): every finite half widens to its exact value, and float32
+    rounds to the half NumPy's astype gives (nearest, ties to even; subnormals; overflow to inf), so
+    keys written by decode and by prefill (NumPy) are the same bits."""
+    h = np.arange(1 << 16, dtype=np.uint16)
+    finite = (h & 0x7C00) != 0x7C00
+    out = np.empty(h.size, np.float32)
+    _widen(h, out)
+    assert np.array_equal(out[finite], h[finite].view(np.float16).astype(np.float32))
+    vals = h[finite].view(np.float16).astype(np.float64)
+    vals = np.sort(vals[vals >= 0])
+    ties = (vals[:-1] + vals[1:]) / 2                         # exactly halfway between neighbours
+    rng = np.random.default_rng(0)
+    x = np.concatenate([ties, vals, -ties, rng.standard_normal(200_000) * 10.0 ** rng.integers(-9, 6, 200_000),
+                        [65504, 65519.99, 65520, 1e6, -1e6, np.inf, -np.inf, 0.0, -0.0, 1e-8, 3e-8]]).astype(np.float32)
+    got = np.empty(x.size, np.uint16)
+    _narrow(x, got)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float32-cache", "float16-cache"])
 @pytest.mark.parametrize("hq,hkv,hd", [(6, 2, 64), (4, 1, 256), (9, 3, 80), (14, 2, 64)])
-def test_attention_head_sizes(hq, hkv, hd):
+def test_attention_head_sizes(hq, hkv, hd, half):
     """The vector paths (eight keys a dot product pass, 64 value columns in registers: head sizes that
     are multiples of 8 / 64) and the plain loops (80: a multiple of 8, not of 64), over key counts that
-    are and are not multiples of 8 and of the 64-key block."""
+    are and are not multiples of 8 and of the 64-key block; over a float32 cache and over the model's
+    float16 one (uint16 bits, widened in the kernels)."""
     rng = np.random.default_rng(hd + hq)
     n_ctx = 200
     kc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
     vc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
+    if half:
+        kc, vc = kc.astype(np.float16), vc.astype(np.float16)
     for pos0, t_n, window in [(0, 1, 0), (6, 1, 0), (70, 1, 0), (150, 1, 0), (150, 1, 67), (3, 20, 0)]:
         q = rng.standard_normal((t_n, hq, hd)).astype(np.float32)
-        ref = _attention_ref(q, kc, vc, pos0, 0.125, window)
-        for fn in (attention, attention_serial):
+        ref = _attention_ref(q, kc.astype(np.float32), vc.astype(np.float32), pos0, 0.125, window)
+        fns = (attention, attention_serial) + ((attention_blas,) if t_n > 1 else ())
+        for fn in fns:
             out = np.empty((t_n, hq, hd), np.float32)
-            fn(q, kc, vc, pos0, np.float32(0.125), window, out)
-            np.testing.assert_allclose(out, ref, atol=2e-6)
+            cache = (kc.view(np.uint16), vc.view(np.uint16)) if half else (kc, vc)
+            fn(q, *cache, pos0, np.float32(0.125), window, out)
+            np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 5])

@@ -28,6 +28,7 @@ from .avx2 import (KIND_BASE, kind_is_scale16, kind_is_two_level, kind_is_vnni, 
                    quantize_activation)
 from .repacked import packed_matmul
 from .vnni import matmul_vnni, matvec_vnni_groups
+from .simd import kv_element
 from .sync import STATE_LEN, arrive, atomic_cas, atomic_load, barrier
 from .entry import entry_point, lean_caches
 
@@ -191,10 +192,7 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
         else:
             rope(q3, pos, cos, sin, neox)
             rope(k3, pos, cos, sin, neox)
-        for hh in range(n_kv):
-            for j in range(head_dim):
-                kc[layer, hh, pos, j] = k3[0, hh, j]
-                vc[layer, hh, pos, j] = qkv[0, nq + nk + hh * head_dim + j]
+        _store_kv(qkv, k3, kc, vc, layer, 0, n_kv, pos, nq, nk)
         j0, j1 = split_range(pos, window, 0, 1)
         wide = j1 - j0 >= PARALLEL_ATTENTION_FROM           # worth waking the pool for
         if parts > 1 and j1 - j0 >= max(split_from, 8 * parts):
@@ -301,12 +299,13 @@ def _rotated(qkv, q3, k3, h0, h1, k0, k1, q_norm, k_norm, layer, eps, pos, cos, 
 
 @njit(cache=True, inline="always")
 def _store_kv(qkv, k3, kc, vc, layer, k0, k1, pos, nq, nk):
-    """The cache rows of position pos for KV heads k0..k1-1: the rotated keys of k3, the values of qkv."""
+    """The cache rows of position pos for KV heads k0..k1-1: the rotated keys of k3, the values of qkv
+    (as float16 bits in the model's cache, simd.f32_to_half)."""
     head_dim = k3.shape[2]
     for kvh in range(k0, k1):
         for j in range(head_dim):
-            kc[layer, kvh, pos, j] = k3[0, kvh, j]
-            vc[layer, kvh, pos, j] = qkv[0, nq + nk + kvh * head_dim + j]
+            kc[layer, kvh, pos, j] = kv_element(kc, k3[0, kvh, j])
+            vc[layer, kvh, pos, j] = kv_element(vc, qkv[0, nq + nk + kvh * head_dim + j])
 
 
 @entry_point

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .entry import entry_point, lean_caches
-from .simd import axpy64, dots8, exp_f32
+from .simd import axpy64, dots8, exp_f32, kv_value
 
 
 @njit(cache=True, fastmath=True)
@@ -86,7 +86,7 @@ def _scores(q, k_cache, t, kvh, h0, h1, j0, j1, s):
             for jj in range(j, b1):
                 a = np.float32(0.0)
                 for d in range(hd):
-                    a += q[t, h0 + g, d] * k_cache[kvh, j0 + jj, d]
+                    a += q[t, h0 + g, d] * kv_value(k_cache[kvh, j0 + jj, d])
                 s[g, jj] = a
 
 
@@ -127,7 +127,7 @@ def _values(s, ng, v_cache, kvh, j0, j1, acc, a0):
                 for j in range(b0, b1):
                     w = s[g, j]
                     for d in range(hd_v):
-                        acc[a0 + g, d] += w * v_cache[kvh, j0 + j, d]
+                        acc[a0 + g, d] += w * kv_value(v_cache[kvh, j0 + j, d])
 
 
 @njit(cache=True, fastmath=True, error_model="numpy", inline="always")
@@ -365,6 +365,13 @@ def _pool():
 ATTENTION_ROW_CHUNKS = 4    # query-row chunks per KV head (later chunks see more keys; 4 balances 2 threads)
 
 
+def _floats(cache: np.ndarray, j0: int, j1: int) -> np.ndarray:
+    """Positions j0..j1-1 of one layer's cache (H, n_ctx, hd) as float32 for BLAS: float16 bits (uint16)
+    widened, float32 as they are."""
+    rows = cache[:, j0:j1]
+    return rows.view(np.float16).astype(np.float32) if rows.dtype == np.uint16 else rows
+
+
 def attention_blas(q, k_cache, v_cache, pos0, scale, window, out):
     """The same as `attention`, for a prefill batch: per KV head and chunk of query rows, one
     (group*rows, hd) @ (hd, keys) matmul over the keys those rows can see, a masked softmax, then @ V;
@@ -375,15 +382,17 @@ def attention_blas(q, k_cache, v_cache, pos0, scale, window, out):
     n_chunks = max(1, min(ATTENTION_ROW_CHUNKS, t_n // 64))
     bounds = [t_n * c // n_chunks for c in range(n_chunks + 1)]
     sc = np.float32(scale)
+    first = 0 if window <= 0 else max(0, pos0 - window + 1)     # the earliest key any row sees
+    k_cache, v_cache = _floats(k_cache, first, pos0 + t_n), _floats(v_cache, first, pos0 + t_n)   # widened once
 
     def piece(h, t0, t1):
         p0 = pos0 + t0
         end = pos0 + t1                                          # keys before this are visible to some row
         start = 0 if window <= 0 else max(0, p0 - window + 1)    # earliest key any of these rows sees
         qh = q[t0:t1, h * group:(h + 1) * group].transpose(1, 0, 2).reshape(group * (t1 - t0), hd)
-        s = qh @ k_cache[h, start:end].T                                                   # (group*rows, keys)
+        s = qh @ k_cache[h, start - first:end - first].T                                   # (group*rows, keys)
         softmax_causal_serial(s, t1 - t0, p0, start, window, sc)
-        o = s @ v_cache[h, start:end]                                                      # (group*rows, hd_v)
+        o = s @ v_cache[h, start - first:end - first]                                      # (group*rows, hd_v)
         out[t0:t1, h * group:(h + 1) * group] = o.reshape(group, t1 - t0, -1).transpose(1, 0, 2)
 
     jobs = [(h, bounds[c], bounds[c + 1]) for h in range(hkv) for c in range(n_chunks)]

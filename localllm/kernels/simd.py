@@ -11,7 +11,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
+
+from .entry import lean_caches
 
 LANES = 32            # one call handles the 32 interleaved rows of a row group
 _I8V = ir.VectorType(ir.IntType(8), LANES)
@@ -110,7 +112,18 @@ def _i64(builder, v):
 
 
 def _v8(builder, ptr):
+    """Eight float32 from ptr: float32 data, or float16 bits (i16) widened exactly (see half_to_f32)."""
+    if ptr.type.pointee == ir.IntType(16):
+        h = builder.zext(builder.load(builder.bitcast(ptr, ir.VectorType(ir.IntType(16), 8).as_pointer()), align=2),
+                         ir.VectorType(_I32, 8))
+        bits = builder.or_(builder.shl(builder.and_(h, _i32x8(0x8000)), _i32x8(16)),
+                           builder.shl(builder.and_(h, _i32x8(0x7FFF)), _i32x8(13)))
+        return builder.fmul(builder.bitcast(bits, _V8F), ir.Constant(_V8F, [2.0 ** 112] * 8))
     return builder.load(builder.bitcast(ptr, _V8F.as_pointer()), align=4)
+
+
+def _i32x8(n):
+    return ir.Constant(ir.VectorType(_I32, 8), [n] * 8)
 
 
 def _mix(builder, a, b, idx):
@@ -126,7 +139,7 @@ def dots8(typingctx, q, qat, k, kat, stride, n, out, oat):
     """out.flat[oat + i] = sum_{d < n} q.flat[qat + d] * k.flat[kat + i * stride + d] for i = 0..7: eight
     keys' dot products with one query at once, their eight vector sums reduced together at the end (a
     reduction per dot product cost as much as the products for head size 64). n a multiple of 8;
-    float32 C-contiguous arrays."""
+    C-contiguous arrays, float32 (k: float32 or float16 bits, uint16)."""
     sig = types.void(q, qat, k, kat, stride, n, out, oat)
 
     def codegen(context, builder, signature, args):
@@ -188,3 +201,81 @@ def axpy64(typingctx, w, wat, v, vat, stride, n, acc, aat):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# float16 as the KV cache holds it (uint16 bits: Numba has no float16 on the CPU)
+_HALF_SCALE = np.float32(2.0 ** 112)
+
+
+@njit(inline="always")
+def half_to_f32(h):
+    """The float32 value of float16 bits h, exactly: sign and exponent|mantissa moved to float32's
+    places make 2^-112 times the value (normal and subnormal halves alike), then one multiply. (Inf and
+    NaN come out as large finite numbers; the cache never holds them from finite activations below
+    65504.)"""
+    b = np.int32(h)
+    return f32_from_bits(((b & 0x8000) << 16) | ((b & 0x7FFF) << 13)) * _HALF_SCALE
+
+
+@njit(cache=True)
+def f32_to_half(x):
+    """float16 bits (uint16) of float32 x, rounded to nearest, ties to even, as NumPy's astype(float16):
+    overflow to +-inf, underflow through the subnormals to +-0."""
+    b = bits_of_f32(x)
+    sign = (b >> 16) & 0x8000
+    exp = (b >> 23) & 0xFF
+    man = b & 0x7FFFFF
+    if exp == 0xFF:                                   # inf, NaN
+        return np.uint16(sign | 0x7C00 | (0x200 if man else 0))
+    e = exp - 127 + 15
+    if e >= 31:
+        return np.uint16(sign | 0x7C00)
+    if e <= 0:                                        # a subnormal half (or zero)
+        if e < -10:
+            return np.uint16(sign)
+        man |= 0x800000
+        shift = 14 - e
+        h = man >> shift
+        rem, half = man & ((1 << shift) - 1), 1 << (shift - 1)
+    else:
+        h = (e << 10) | (man >> 13)
+        rem, half = man & 0x1FFF, 0x1000
+    if rem > half or (rem == half and (h & 1)):
+        h += 1                                        # a carry into the exponent is right (up to inf)
+    return np.uint16(sign | h)
+
+
+@intrinsic
+def bits_of_f32(typingctx, x):
+    """The IEEE bits of float32 x as an int32 (a bitcast)."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+def kv_value(x):
+    """A cache element as float32: float16 bits (uint16) widened, float32 as it is."""
+
+
+@overload(kv_value)
+def _kv_value(x):
+    if isinstance(x, types.Integer):
+        return lambda x: half_to_f32(x)
+    return lambda x: np.float32(x)
+
+
+def kv_element(arr, x):
+    """float32 x as an element of the cache array arr: float16 bits for a uint16 cache."""
+
+
+@overload(kv_element)
+def _kv_element(arr, x):
+    if isinstance(arr.dtype, types.Integer):
+        return lambda arr, x: f32_to_half(x)
+    return lambda arr, x: np.float32(x)
+
+
+lean_caches(globals())
