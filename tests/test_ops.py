@@ -191,3 +191,37 @@ def test_rope(neox):
     ya, yb = (y[..., :4], y[..., 4:]) if neox else (y[..., 0::2], y[..., 1::2])
     np.testing.assert_allclose(ya, ra, atol=1e-5)
     np.testing.assert_allclose(yb, rb, atol=1e-5)
+
+
+_FALLBACK = """
+import numpy as np
+from localllm.kernels import simd
+from localllm.kernels.ops import attention_serial
+assert not simd.F16C
+rng = np.random.default_rng(1)
+q = rng.standard_normal((1, 4, 64)).astype(np.float32)
+kc, vc = (rng.standard_normal((2, 80, 64)).astype(np.float16) for _ in range(2))
+kc[0, 3, :8] = np.float16(3e-6)                      # subnormal halves
+out = np.empty((1, 4, 64), np.float32)
+attention_serial(q, kc.view(np.uint16), vc.view(np.uint16), 70, np.float32(0.125), 0, out)
+np.save(__import__("sys").argv[1], out)
+"""
+
+
+def test_float16_cache_without_hardware_conversion(tmp_path):
+    """LOCALLLM_F16C=0 (what a CPU without F16C gets): the integer widening of float16 in the vector
+    kernels, in a fresh process (the switch is compiled in, and keys the kernel cache)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.npy"
+    env = {**__import__("os").environ, "LOCALLLM_F16C": "0"}
+    r = subprocess.run([sys.executable, "-c", _FALLBACK, str(out)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((1, 4, 64)).astype(np.float32)
+    kc, vc = (rng.standard_normal((2, 80, 64)).astype(np.float16) for _ in range(2))
+    kc[0, 3, :8] = np.float16(3e-6)
+    ref = _attention_ref(q, kc.astype(np.float32), vc.astype(np.float32), 70, 0.125, 0)
+    np.testing.assert_allclose(np.load(out), ref, atol=2e-6)

@@ -26,6 +26,7 @@ machine code beside the kernels' cache and loads it as Numba loads a cached kern
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from functools import lru_cache
 from pathlib import Path
@@ -61,12 +62,15 @@ def sources_digest() -> str:
     return h.hexdigest()
 
 
+CODE_SWITCHES = ("LOCALLLM_F16C",)   # environment variables that change compiled code (simd.F16C)
+
+
 class LeanCache(FunctionCache):
     """Numba's cache of a function, loading without the context refresh and keyed on all the kernel
     sources (see the module docstring)."""
 
     def _index_key(self, sig, codegen):
-        return (*super()._index_key(sig, codegen), sources_digest())
+        return (*super()._index_key(sig, codegen), sources_digest(), *map(os.environ.get, CODE_SWITCHES))
 
     def load_overload(self, sig, target_context):
         _init_nrt(target_context, self._cache_path)
