@@ -23,9 +23,8 @@ class KVCache:
 
     k: (n_layer, n_kv_head, n_ctx, head_dim_k) and v: (n_layer, n_kv_head, n_ctx, head_dim_v), uint16
     arrays holding float16 bits (Numba has no float16 type on the CPU; the attention kernels widen them,
-    kernels/simd.py); `keys` and `values` read them as float32. Half of float32's bytes: decode at
-    long contexts reads the whole cache every token. Memory is taken only as the context fills
-    (lazy_zeros).
+    kernels/simd.py). Half of float32's bytes: decode at long contexts reads the whole cache every
+    token. Memory is taken only as the context fills (lazy_zeros).
     """
 
     def __init__(self, n_layer: int, n_kv_head: int, n_ctx: int, head_dim_k: int, head_dim_v: int):
@@ -40,14 +39,6 @@ class KVCache:
         t = k.shape[0]
         self.k[layer, :, pos0:pos0 + t] = k.transpose(1, 0, 2).astype(np.float16).view(np.uint16)
         self.v[layer, :, pos0:pos0 + t] = v.transpose(1, 0, 2).astype(np.float16).view(np.uint16)
-
-    def keys(self, layer: int) -> np.ndarray:
-        """Layer's keys (n_kv_head, n_tokens, hd_k) as float32."""
-        return self.k[layer, :, :self.n_tokens].view(np.float16).astype(np.float32)
-
-    def values(self, layer: int) -> np.ndarray:
-        """Layer's values (n_kv_head, n_tokens, hd_v) as float32."""
-        return self.v[layer, :, :self.n_tokens].view(np.float16).astype(np.float32)
 
     def reset(self, n_tokens: int = 0) -> None:
         """Forget positions n_tokens.. (they are overwritten on the next store)."""

@@ -64,8 +64,7 @@ class PromptCache:
             return False
         L, H, _, Dk = cache.k.shape
         Dv = cache.v.shape[3]
-        if (k.shape != (L, H, n, Dk) or v.shape != (L, H, n, Dv) or n > cache.n_ctx
-                or k.dtype != cache.k.dtype or v.dtype != cache.v.dtype):     # (entries from float32 caches)
+        if k.shape != (L, H, n, Dk) or v.shape != (L, H, n, Dv) or n > cache.n_ctx:
             return False
         cache.k[:, :, :n] = k
         cache.v[:, :, :n] = v

@@ -22,7 +22,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from .ops import (attend_heads, attend_partial, attention, attention_serial, attention_split, attention_split_serial,
-                  gelu_tanh_mul, merge_partials, rmsnorm, rope, silu_mul, split_range)
+                  gelu_tanh_mul, merge_partials, rmsnorm, rope, silu_mul, split_parts, split_range)
 from .quantized import dequantize_row_any
 from .avx2 import (KIND_BASE, kind_is_scale16, kind_is_two_level, kind_is_vnni, matvec_int8dot, matvec_int8dot_groups,
                    quantize_activation)
@@ -343,9 +343,7 @@ def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf
     att = np.empty((1, n_head, head_dim), np.float32)       # shared
     tmp = np.empty((1, d), np.float32)                      # o / down outputs, shared
     gu = np.empty((1, 2 * n_ff), np.float32)                # (1, gate | up), shared
-    part_m = np.empty((nt, n_head), np.float32)             # split-K attention's parts, one row a thread
-    part_l = np.empty((nt, n_head), np.float32)
-    part_acc = np.empty((nt, n_head, head_dim), np.float32)
+    part_m, part_l, part_acc = split_parts(nt, n_head, head_dim)   # split-K attention's parts, a row a thread
     ok = np.zeros(nt, np.bool_)
     for tid in prange(nt):
         ok[tid] = arrive(state, nt)

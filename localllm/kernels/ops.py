@@ -200,14 +200,19 @@ def _split_part(q, k_cache, v_cache, pos0, scale, window, p, parts, m, l, acc):
                        acc[p])
 
 
+@njit(cache=True, inline="always")
+def split_parts(parts, hq, hd_v):
+    """Empty m, l (parts, Hq) and acc (parts, Hq, hd_v) for attend_partial's parts."""
+    return (np.empty((parts, hq), np.float32), np.empty((parts, hq), np.float32),
+            np.empty((parts, hq, hd_v), np.float32))
+
+
 @njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def attention_split(q, k_cache, v_cache, pos0, scale, window, out, parts):
     """Decode attention of one token (q (1, Hq, hd) at pos0) by key range: `parts` ranges (split_range)
     across the threads, each for every head, then joined (merge_partials): the same sums as
     decode_token_pooled's split-K attention with nt = parts, so the two decode paths agree to the bit."""
-    hq, hd_v = q.shape[1], v_cache.shape[2]
-    m, l = np.empty((parts, hq), np.float32), np.empty((parts, hq), np.float32)
-    acc = np.empty((parts, hq, hd_v), np.float32)
+    m, l, acc = split_parts(parts, q.shape[1], v_cache.shape[2])
     for p in prange(parts):
         _split_part(q, k_cache, v_cache, pos0, scale, window, p, parts, m, l, acc)
     merge_partials(m, l, acc, out[0])
@@ -216,9 +221,7 @@ def attention_split(q, k_cache, v_cache, pos0, scale, window, out, parts):
 @njit(cache=True, fastmath=True, error_model="numpy")
 def attention_split_serial(q, k_cache, v_cache, pos0, scale, window, out, parts):
     """`attention_split` on the calling thread (short contexts: cheaper than waking the pool)."""
-    hq, hd_v = q.shape[1], v_cache.shape[2]
-    m, l = np.empty((parts, hq), np.float32), np.empty((parts, hq), np.float32)
-    acc = np.empty((parts, hq, hd_v), np.float32)
+    m, l, acc = split_parts(parts, q.shape[1], v_cache.shape[2])
     for p in range(parts):
         _split_part(q, k_cache, v_cache, pos0, scale, window, p, parts, m, l, acc)
     merge_partials(m, l, acc, out[0])
