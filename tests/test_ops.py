@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from localllm.kernels.ops import (attend_partial, attention, attention_blas, attention_serial, attention_split,
+from localllm.kernels.ops import (attend_partial, attention, attention_prefill, attention_serial, attention_split,
                                   attention_split_serial, gelu_tanh_mul, gelu_tanh_mul_rows, merge_partials, rmsnorm,
                                   rope, rope_tables, silu_mul, silu_mul_rows, split_range)
 from localllm.kernels.simd import exp_f32, f32_to_half, half_to_f32
@@ -44,15 +44,19 @@ def _attention_ref(q, kc, vc, pos0, scale, window):
 
 
 @pytest.mark.parametrize("pos0,t_n,window", [(0, 1, 0), (5, 1, 0), (0, 20, 0), (7, 33, 0), (7, 33, 8), (0, 40, 16),
-                                             (5, 200, 0), (3, 260, 50)])   # the last two: row chunks in threads
+                                             (5, 200, 0), (3, 260, 50), (130, 9, 0), (64, 64, 0), (250, 70, 30),
+                                             (0, 3, 0), (100, 5, 2)])
 def test_attention_kernels(pos0, t_n, window):
+    """Every attention kernel against NumPy. For attention_prefill: partial tiles (t_n not a multiple of
+    its 16 tokens, or of 4 where short batches shrink them), key blocks wholly visible and cut by the
+    causal edge or the window, windows shorter than a tile, key counts on and off the 64-key blocks."""
     rng = np.random.default_rng(pos0 + t_n)
     hq, hkv, hd, n_ctx = 6, 2, 16, 320
     q = rng.standard_normal((t_n, hq, hd)).astype(np.float32)
     kc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
     vc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
     ref = _attention_ref(q, kc, vc, pos0, 0.25, window)
-    for fn in (attention, attention_serial, attention_blas):
+    for fn in (attention, attention_serial, attention_prefill):
         out = np.empty((t_n, hq, hd), np.float32)
         fn(q, kc, vc, pos0, np.float32(0.25), window, out)
         np.testing.assert_allclose(out, ref, atol=1e-5)
@@ -93,10 +97,11 @@ def test_float16_bits_as_numpy_has_them():
 
 
 @pytest.mark.parametrize("half", [False, True], ids=["float32-cache", "float16-cache"])
-@pytest.mark.parametrize("hq,hkv,hd", [(6, 2, 64), (4, 1, 256), (9, 3, 80), (14, 2, 64)])
+@pytest.mark.parametrize("hq,hkv,hd", [(6, 2, 64), (4, 1, 256), (9, 3, 80), (14, 2, 64), (4, 2, 72)])
 def test_attention_head_sizes(hq, hkv, hd, half):
     """The vector paths (eight keys a dot product pass, 64 value columns in registers: head sizes that
-    are multiples of 8 / 64) and the plain loops (80: a multiple of 8, not of 64), over key counts that
+    are multiples of 8 / 64) and the plain loops (80: a multiple of 8, not of 64; 72, not of 16:
+    attention_prefill's plain value loop), over key counts that
     are and are not multiples of 8 and of the 64-key block; over a float32 cache and over the model's
     float16 one (uint16 bits, widened in the kernels)."""
     rng = np.random.default_rng(hd + hq)
@@ -105,11 +110,11 @@ def test_attention_head_sizes(hq, hkv, hd, half):
     vc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
     if half:
         kc, vc = kc.astype(np.float16), vc.astype(np.float16)
-    for pos0, t_n, window in [(0, 1, 0), (6, 1, 0), (70, 1, 0), (150, 1, 0), (150, 1, 67), (3, 20, 0)]:
+    for pos0, t_n, window in [(0, 1, 0), (6, 1, 0), (70, 1, 0), (150, 1, 0), (150, 1, 67), (3, 20, 0), (100, 37, 0),
+                              (120, 40, 67)]:
         q = rng.standard_normal((t_n, hq, hd)).astype(np.float32)
         ref = _attention_ref(q, kc.astype(np.float32), vc.astype(np.float32), pos0, 0.125, window)
-        fns = (attention, attention_serial) + ((attention_blas,) if t_n > 1 else ())
-        for fn in fns:
+        for fn in (attention, attention_serial, attention_prefill):
             out = np.empty((t_n, hq, hd), np.float32)
             cache = (kc.view(np.uint16), vc.view(np.uint16)) if half else (kc, vc)
             fn(q, *cache, pos0, np.float32(0.125), window, out)

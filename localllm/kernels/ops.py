@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .entry import entry_point, lean_caches
-from .simd import axpy64, dots8, exp_f32, kv_value
+from .simd import axpy64, dots8, exp_f32, kv_value, max_f32, mm4x16
 
 
 @njit(cache=True, fastmath=True)
@@ -248,6 +248,122 @@ def attention(q, k_cache, v_cache, pos0, scale, window, out):
                       h0 + c * group // split, h0 + (c + 1) * group // split)
 
 
+PREFILL_ROWS = 16   # tokens a work item of attention_prefill takes (x group query heads: a multiple of 16)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _attend_tile(q, k_cache, v_cache, pos0, scale, window, out, kvh, t0, t1, qt, qpos, kb, st, m, l, bm, acc):
+    """Tokens t0..t1-1, every query head reading KV head kvh (nq = (t1 - t0) x group queries, padded to
+    npad, a multiple of 16): flash attention over their visible keys by blocks of KEY_BLOCK keys, with an
+    online softmax (m, l, acc) per query. Both products of a block run as 4 x 16 register blocks
+    (mm4x16): st (keys, queries) = kb (keys, hd) @ qt (hd, queries), the block's keys widened to float32
+    once for all the queries; then acc (queries, hd_v) += st^T @ V, V read from the cache as it is.
+    Scratch: qt (hd, npad), qpos (npad,) int64, kb (KEY_BLOCK, hd), st (KEY_BLOCK, npad), m, l, bm (npad,),
+    acc (npad, hd_v)."""
+    hq, hd, hd_v, n_ctx = q.shape[1], q.shape[2], v_cache.shape[2], v_cache.shape[1]
+    group = hq // k_cache.shape[0]
+    h0, nq, npad = kvh * group, (t1 - t0) * group, qt.shape[1]
+    reach = window if window > 0 else n_ctx + 1      # a query at p sees keys p - reach < j <= p
+    for i in range(npad):
+        r = min(i // group, t1 - t0 - 1)
+        qpos[i] = pos0 + t0 + r
+        m[i] = np.float32(-1e30)    # not -inf: fastmath code may assume there are no infinities
+        l[i] = 0.0
+        for d in range(hd_v):
+            acc[i, d] = 0.0
+    for d in range(hd):
+        for i in range(npad):
+            qt[d, i] = q[t0 + i // group, h0 + i % group, d] * scale if i < nq else np.float32(0.0)
+    j_start = 0 if window <= 0 else max(0, pos0 + t0 - window + 1)    # the first key any of them sees
+    j_end = pos0 + t1
+    for b0 in range(j_start, j_end, KEY_BLOCK):
+        nb = min(j_end - b0, KEY_BLOCK)
+        nb4 = (nb + 3) // 4 * 4
+        for j in range(nb):
+            for d in range(hd):
+                kb[j, d] = kv_value(k_cache[kvh, b0 + j, d])
+        for j in range(nb, nb4):
+            for d in range(hd):
+                kb[j, d] = 0.0
+        for c0 in range(0, npad, 16):          # 16 queries' columns of qt stay in L1 while the keys pass
+            for j0 in range(0, nb4, 4):
+                mm4x16(kb, j0 * hd, hd, 1, qt, c0, npad, hd, st, j0 * npad + c0, npad, 0)
+        inside = b0 + nb - 1 <= pos0 + t0 and b0 > pos0 + t1 - 1 - reach   # every query sees every key
+        for i in range(npad):
+            bm[i] = m[i]
+        for j in range(nb):
+            if inside:
+                for i in range(npad):
+                    bm[i] = max_f32(bm[i], st[j, i])
+            else:
+                for i in range(npad):
+                    seen = qpos[i] - reach < b0 + j <= qpos[i]
+                    bm[i] = max_f32(bm[i], st[j, i] if seen else np.float32(-1e30))
+        for i in range(npad):
+            if bm[i] > m[i]:                 # a new highest score: rescale what was summed so far
+                c = exp_f32(m[i] - bm[i])
+                m[i] = bm[i]
+                l[i] *= c
+                for d in range(hd_v):
+                    acc[i, d] *= c
+        for j in range(nb):
+            if inside:
+                for i in range(npad):
+                    e = exp_f32(st[j, i] - m[i])
+                    st[j, i] = e
+                    l[i] += e
+            else:
+                for i in range(npad):
+                    seen = qpos[i] - reach < b0 + j <= qpos[i]
+                    e = exp_f32(st[j, i] - m[i]) if seen else np.float32(0.0)
+                    st[j, i] = e
+                    l[i] += e
+        vbase = (kvh * n_ctx + b0) * hd_v
+        if hd_v % 16 == 0:
+            for c0 in range(0, hd_v, 16):      # 16 value columns of the block stay in L1 for all queries
+                for i0 in range(0, npad, 4):
+                    mm4x16(st, i0, 1, npad, v_cache, vbase + c0, hd_v, nb, acc, i0 * hd_v + c0, hd_v, 1)
+        else:
+            for j in range(nb):
+                for i in range(nq):
+                    w = st[j, i]
+                    for d in range(hd_v):
+                        acc[i, d] += w * kv_value(v_cache[kvh, b0 + j, d])
+    for i in range(nq):
+        inv = np.float32(1.0) / l[i]
+        for d in range(hd_v):
+            out[t0 + i // group, h0 + i % group, d] = acc[i, d] * inv
+
+
+@entry_point
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
+def attention_prefill(q, k_cache, v_cache, pos0, scale, window, out):
+    """`attention` for a prefill batch: work items of PREFILL_ROWS tokens x one KV head (_attend_tile),
+    each block of the cache widened once and used from L1/L2 by all the item's queries. Items are ordered
+    so that each thread's share pairs early tokens (fewer keys) with late ones."""
+    t_n = q.shape[0]
+    hkv, hd, hd_v = k_cache.shape[0], k_cache.shape[2], v_cache.shape[2]
+    group = q.shape[1] // hkv
+    rows = PREFILL_ROWS
+    while rows > 4 and (t_n + rows - 1) // rows * hkv < 4:    # short batches: enough items for the threads
+        rows //= 2
+    n_tiles = (t_n + rows - 1) // rows
+    sc = np.float32(scale)
+    for u in prange(n_tiles * hkv):
+        kvh, i = u % hkv, u // hkv
+        tile = i // 2 if i % 2 == 0 else n_tiles - 1 - i // 2
+        t0 = tile * rows
+        t1 = min(t_n, t0 + rows)
+        npad = ((t1 - t0) * group + 15) // 16 * 16
+        qt = np.empty((hd, npad), np.float32)
+        qpos = np.empty(npad, np.int64)
+        kb = np.empty((KEY_BLOCK, hd), np.float32)
+        st = np.empty((KEY_BLOCK, npad), np.float32)
+        m, l, bm = np.empty(npad, np.float32), np.empty(npad, np.float32), np.empty(npad, np.float32)
+        acc = np.empty((npad, hd_v), np.float32)
+        _attend_tile(q, k_cache, v_cache, pos0, sc, window, out, kvh, t0, t1, qt, qpos, kb, st, m, l, bm, acc)
+
+
 @njit(cache=True, fastmath=True, error_model="numpy")
 def attend_heads(q, k_cache, v_cache, pos0, scale, window, out, t, kvh, h0, h1):
     """_attend_heads compiled on its own (an inlined copy would take its caller's float flags)."""
@@ -312,105 +428,14 @@ def gelu_tanh_mul_rows(gate, up, out):
         _gelu_tanh_mul_row(gate, up, out, i)
 
 
-BLAS_ATTENTION_MIN_T = 16   # from this many new tokens on, attention runs as per-KV-head BLAS matmuls
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _softmax_causal_row(s, i, t_n, pos0, start, window, scale):
-    p = pos0 + i % t_n
-    n = s.shape[1]
-    lo = 0 if window <= 0 else max(0, p - window + 1 - start)
-    hi = p - start + 1                      # keys [lo, hi) are visible
-    s[i, lo] *= scale
-    best = s[i, lo]         # not -inf: fastmath code may assume no infinities
-    for j in range(lo + 1, hi):
-        s[i, j] *= scale
-        best = max(best, s[i, j])
-    total = np.float32(0.0)
-    for j in range(lo, hi):
-        e = exp_f32(s[i, j] - best)
-        s[i, j] = e
-        total += e
-    inv = np.float32(1.0) / total
-    for j in range(n):
-        s[i, j] = s[i, j] * inv if lo <= j < hi else np.float32(0.0)
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def softmax_causal(s, t_n, pos0, start, window, scale):
-    """In place: s (rows, n) scores of query rows (row % t_n = token t at position pos0 + t) over key
-    positions start..start+n-1 -> scale, mask (causal, and the sliding window when > 0), softmax."""
-    for i in prange(s.shape[0]):
-        _softmax_causal_row(s, i, t_n, pos0, start, window, scale)
-
-
-@njit(cache=True, fastmath=True, nogil=True)
-def softmax_causal_serial(s, t_n, pos0, start, window, scale):
-    """`softmax_causal` in the calling thread, without the GIL (attention_blas runs it in a thread pool)."""
-    for i in range(s.shape[0]):
-        _softmax_causal_row(s, i, t_n, pos0, start, window, scale)
-
-
-_attention_pools: dict = {}     # thread count -> ThreadPoolExecutor
-
-
-def _pool():
-    """Python threads for attention_blas: BLAS runs single-threaded beside Numba's pool (threads.py), so
-    the heads and row chunks of a prefill's attention are spread over threads of our own instead."""
-    import numba
-    n = numba.get_num_threads()
-    if n not in _attention_pools:
-        from concurrent.futures import ThreadPoolExecutor
-        _attention_pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="localllm-attn")
-    return _attention_pools[n]
-
-
-ATTENTION_ROW_CHUNKS = 4    # query-row chunks per KV head (later chunks see more keys; 4 balances 2 threads)
-
-
-def _floats(cache: np.ndarray, j0: int, j1: int) -> np.ndarray:
-    """Positions j0..j1-1 of one layer's cache (H, n_ctx, hd) as float32 for BLAS: float16 bits (uint16)
-    widened, float32 as they are."""
-    rows = cache[:, j0:j1]
-    return rows.view(np.float16).astype(np.float32) if rows.dtype == np.uint16 else rows
-
-
-def attention_blas(q, k_cache, v_cache, pos0, scale, window, out):
-    """The same as `attention`, for a prefill batch: per KV head and chunk of query rows, one
-    (group*rows, hd) @ (hd, keys) matmul over the keys those rows can see, a masked softmax, then @ V;
-    the (head, chunk) pieces run in a small thread pool. q (T, Hq, hd); out (T, Hq, hd_v)."""
-    t_n, hq_n, hd = q.shape
-    hkv = k_cache.shape[0]
-    group = hq_n // hkv
-    n_chunks = max(1, min(ATTENTION_ROW_CHUNKS, t_n // 64))
-    bounds = [t_n * c // n_chunks for c in range(n_chunks + 1)]
-    sc = np.float32(scale)
-    first = 0 if window <= 0 else max(0, pos0 - window + 1)     # the earliest key any row sees
-    k_cache, v_cache = _floats(k_cache, first, pos0 + t_n), _floats(v_cache, first, pos0 + t_n)   # widened once
-
-    def piece(h, t0, t1):
-        p0 = pos0 + t0
-        end = pos0 + t1                                          # keys before this are visible to some row
-        start = 0 if window <= 0 else max(0, p0 - window + 1)    # earliest key any of these rows sees
-        qh = q[t0:t1, h * group:(h + 1) * group].transpose(1, 0, 2).reshape(group * (t1 - t0), hd)
-        s = qh @ k_cache[h, start - first:end - first].T                                   # (group*rows, keys)
-        softmax_causal_serial(s, t1 - t0, p0, start, window, sc)
-        o = s @ v_cache[h, start - first:end - first]                                      # (group*rows, hd_v)
-        out[t0:t1, h * group:(h + 1) * group] = o.reshape(group, t1 - t0, -1).transpose(1, 0, 2)
-
-    jobs = [(h, bounds[c], bounds[c + 1]) for h in range(hkv) for c in range(n_chunks)]
-    if len(jobs) == 1:
-        piece(*jobs[0])
-        return
-    for f in [_pool().submit(piece, *j) for j in jobs]:
-        f.result()
+PREFILL_MIN_T = 8   # from this many new tokens on, attention runs by tiles of tokens (attention_prefill)
 
 
 def attend(q, k_cache, v_cache, pos0, scale, window, out):
-    """Causal attention of q (T, Hq, hd) over the cache: the Numba kernel for decode and short
-    batches, BLAS matmuls for prefill batches."""
-    if q.shape[0] >= BLAS_ATTENTION_MIN_T:
-        attention_blas(q, k_cache, v_cache, pos0, scale, window, out)
+    """Causal attention of q (T, Hq, hd) over the cache: per token for decode and short batches, by
+    tiles of tokens for prefill batches."""
+    if q.shape[0] >= PREFILL_MIN_T:
+        attention_prefill(q, k_cache, v_cache, pos0, scale, window, out)
     else:
         attention(q, k_cache, v_cache, pos0, scale, window, out)
 

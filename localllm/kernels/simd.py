@@ -228,6 +228,67 @@ def axpy64(typingctx, w, wat, v, vat, stride, n, acc, aat):
     return sig, codegen
 
 
+@intrinsic
+def max_f32(typingctx, a, b):
+    """The larger of float32 a, b as llvm.maxnum: a loop over it vectorises to vmaxps, where Numba's max()
+    becomes a compare and a store only where it changed (vmaskmovps, which is slow on AMD)."""
+    sig = types.float32(types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType()] * 2),
+                                            "llvm.maxnum.f32")
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+MM_ROWS, MM_COLS = 4, 16    # the block mm4x16 computes: 8 vector accumulators, 2 loads of b and 4 of a per 8 FMAs
+
+
+@intrinsic
+def mm4x16(typingctx, a, aat, astride, akstride, b, bat, bstride, n, c, cat, cstride, accumulate):
+    """c.flat[cat + i * cstride + j] (+)= sum_{k < n} a.flat[aat + i * astride + k * akstride] *
+    b.flat[bat + k * bstride + j] for i < 4, j < 16: a 4 x 16 block of a matrix product in eight vector
+    registers, each row of b loaded once for the four of a (the FMA units, not the loads, set the pace).
+    `accumulate` 0: c is overwritten. C-contiguous arrays, float32 (b: float32 or float16 bits, uint16)."""
+    sig = types.void(a, aat, astride, akstride, b, bat, bstride, n, c, cat, cstride, accumulate)
+
+    def codegen(context, builder, signature, args):
+        ty = signature.args
+        ap, bp = _at(context, builder, ty[0], args[0], args[1]), _at(context, builder, ty[4], args[4], args[5])
+        cp = _at(context, builder, ty[8], args[8], args[9])
+        astride, akstride, bstride, n, cstride = (_i64(builder, args[i]) for i in (2, 3, 6, 7, 10))
+        arows = [builder.gep(ap, [builder.mul(astride, ir.Constant(_I64, i))]) for i in range(MM_ROWS)]
+        cvec = [builder.bitcast(builder.gep(cp, [builder.add(builder.mul(cstride, ir.Constant(_I64, i)),
+                                                              ir.Constant(_I64, 8 * h))]), _V8F.as_pointer())
+                for i in range(MM_ROWS) for h in range(2)]
+        keep = builder.icmp_signed("!=", args[11], ir.Constant(args[11].type, 0))
+        accs = [cgutils.alloca_once(builder, _V8F) for _ in range(2 * MM_ROWS)]
+        zero = ir.Constant(_V8F, [0.0] * 8)
+        for x, p in zip(accs, cvec):
+            with builder.if_else(keep) as (yes, no):
+                with yes:
+                    builder.store(builder.load(p, align=4), x)
+                with no:
+                    builder.store(zero, x)
+        with cgutils.for_range(builder, n) as loop:
+            k = loop.index
+            row = builder.gep(bp, [builder.mul(k, bstride)])
+            bv = [_v8(builder, builder.gep(row, [ir.Constant(_I64, 8 * h)])) for h in range(2)]
+            ak = builder.mul(k, akstride)
+            for i in range(MM_ROWS):
+                av = builder.insert_element(ir.Constant(_V8F, ir.Undefined), builder.load(builder.gep(arows[i], [ak])),
+                                            ir.Constant(_I32, 0))
+                av = _mix(builder, av, ir.Constant(_V8F, ir.Undefined), [0] * 8)
+                for h in range(2):
+                    builder.store(_fma(builder, accs[2 * i + h], av, bv[h]), accs[2 * i + h])
+        for x, p in zip(accs, cvec):
+            builder.store(builder.load(x), p, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # float16 as the KV cache holds it (uint16 bits: Numba has no float16 on the CPU)
 _HALF_SCALE = np.float32(2.0 ** 112)
 
