@@ -11,7 +11,7 @@ import numpy as np
 
 from . import chat_template
 from ._runtime import trim_heap
-from .errors import ContextOverflowError, LocalLLMError, ModelNotFoundError
+from .errors import ContextOverflowError, InvalidTokenError, LocalLLMError, ModelNotFoundError
 from .generate import Chunk, stream_generate
 from .ggufio import GGUFFile
 from .prompt_cache import MIN_TOKENS as PROMPT_MIN, PromptCache, cache_dir as prompt_cache_dir
@@ -96,6 +96,14 @@ class LLM:
                 f"new token); shorten it or load with a larger n_ctx (this model was trained for "
                 f"{self.n_ctx_train})")
 
+    def _check_ids(self, ids: list[int]) -> None:
+        """Token ids given to the API must index the model's embedding (an id past it would read
+        memory that is not the model's)."""
+        bad = [i for i in ids if not 0 <= i < self.n_vocab]
+        if bad:
+            raise InvalidTokenError(f"token id {bad[0]} is outside this model's vocabulary (ids 0..{self.n_vocab - 1}); "
+                                    f"{len(bad)} of the {len(ids)} ids given are out of range")
+
     def _forward(self, ids: list[int], pos0: int, all_logits: bool) -> np.ndarray:
         outs = []
         for s in range(0, len(ids), self.n_batch):
@@ -136,6 +144,7 @@ class LLM:
         ids = [int(i) for i in ids]
         if not ids:
             return np.zeros((0, self.n_vocab), np.float32)
+        self._check_ids(ids)
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"{len(ids)} tokens do not fit in the context of {self.n_ctx}; "
                                        f"load with a larger n_ctx (this model was trained for {self.n_ctx_train})")
@@ -149,7 +158,11 @@ class LLM:
                seed: int | None = None, stop: list[str] | str | None = None, prefix: int = 0) -> Iterator[Chunk]:
         """Chunks of generated text (raw prompt, no chat template; special tokens in it are parsed).
         prefix: how many of the prompt ids are a chat prompt's reusable start (chat_split)."""
-        ids = prompt if isinstance(prompt, list) else self.tokenize(prompt, add_special=True, parse_special=True)
+        if isinstance(prompt, list):
+            ids = [int(i) for i in prompt]
+            self._check_ids(ids)
+        else:
+            ids = self.tokenize(prompt, add_special=True, parse_special=True)
         params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
         return stream_generate(self, ids, params, max_tokens, [stop] if isinstance(stop, str) else stop, prefix)
 

@@ -21,6 +21,10 @@ class ContextOverflowError(LocalLLMError):
     """A prompt (plus generation) does not fit in the context window."""
 
 
+class InvalidTokenError(LocalLLMError, ValueError):
+    """A token id outside the model's vocabulary (ids given to the API directly)."""
+
+
 class ChatTemplateError(LocalLLMError):
     """The model's chat template is missing or failed to render."""
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import localllm
-from localllm.errors import (ChatTemplateError, ContextOverflowError, GGUFError, LocalLLMError,
+from localllm.errors import (ChatTemplateError, ContextOverflowError, GGUFError, InvalidTokenError, LocalLLMError,
                              ModelNotFoundError, UnsupportedArchitectureError, UnsupportedTensorTypeError)
 from localllm.sampling import Sampler, SamplingParams
 from tinymodel import write_tiny_llama
@@ -69,9 +69,24 @@ def test_context_overflow(llm):
         llm.logits([1] * 65)
 
 
+def test_token_ids_outside_the_vocabulary(llm):
+    """Ids given to the API directly are checked before the embedding is read (one past its end would
+    read memory that is not the model's): a clear error, and the context is left usable."""
+    n = llm.n_vocab
+    with pytest.raises(InvalidTokenError, match=rf"token id {n} is outside this model's vocabulary \(ids 0..{n - 1}\); "
+                                                r"1 of the 3 ids given are out of range"):
+        llm.generate([1, 2, n], max_tokens=2)
+    with pytest.raises(InvalidTokenError, match="token id -1 "):
+        llm.logits([5, -1])
+    with pytest.raises(InvalidTokenError):
+        list(llm.stream([n + 1000], max_tokens=2))
+    assert llm.logits([1, 2, n - 1]).shape == (3, n)      # the last id is fine, and nothing was broken
+    assert isinstance(InvalidTokenError("x"), ValueError)
+
+
 def test_errors_are_localllm_errors():
     for cls in (GGUFError, ContextOverflowError, ChatTemplateError, UnsupportedArchitectureError,
-                UnsupportedTensorTypeError, ModelNotFoundError):
+                UnsupportedTensorTypeError, ModelNotFoundError, InvalidTokenError):
         assert issubclass(cls, LocalLLMError)
 
 
