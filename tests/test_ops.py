@@ -196,6 +196,20 @@ def test_rope(neox):
     np.testing.assert_allclose(yb, rb, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_pos,n_rot,base,scale", [(4096, 256, 1e6, 0.125), (4096, 256, 1e4, 1.0), (200, 64, 1e6, 1.0),
+                                                   (64, 8, 500.0, 1.0), (65, 8, 500.0, 1.0), (1, 2, 1e4, 1.0)])
+def test_rope_tables_against_numpy(n_pos, n_rot, base, scale):
+    """The angle-sum tables equal cos/sin of each angle in float64, to float32 rounding, at every
+    position (the offsets' table, the multiples of ROPE_STEP and partial last steps) and frequency."""
+    rng = np.random.default_rng(n_pos + n_rot)
+    factors = rng.uniform(0.5, 4.0, n_rot // 2)
+    cos, sin = rope_tables(n_pos, n_rot, base, factors, scale)
+    ang = (np.arange(n_pos)[:, None] * scale) * (base ** (-2.0 * np.arange(n_rot // 2) / n_rot) / factors)
+    assert cos.dtype == sin.dtype == np.float32 and cos.shape == sin.shape == (n_pos, n_rot // 2)
+    np.testing.assert_allclose(cos, np.cos(ang), rtol=0, atol=1.2e-7)
+    np.testing.assert_allclose(sin, np.sin(ang), rtol=0, atol=1.2e-7)
+
+
 _FALLBACK = """
 import numpy as np
 from localllm.kernels import simd

@@ -27,19 +27,38 @@ def rmsnorm(x, w, eps, out):
             out[i, j] = x[i, j] * scale * w[j]
 
 
+ROPE_STEP = 64   # rope_tables: positions p = a + b with a a multiple of this, b below it
+
+
 @entry_point
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def rope_tables(n_pos, n_rot, base, freq_factors, scale):
-    """cos, sin (n_pos, n_rot // 2) for positions 0..n_pos-1: angle p * scale * base^(-2i/n_rot) / factor_i."""
+    """cos, sin (n_pos, n_rot // 2) for positions 0..n_pos-1: angle p * scale * base^(-2i/n_rot) / factor_i.
+    In float64 by the angle sum, p = a + b: cos and sin of the a's (multiples of ROPE_STEP) and of the
+    b's, then cos(a+b) = cos a cos b - sin a sin b, sin(a+b) = sin a cos b + cos a sin b (error ~1e-16,
+    far below float32's rounding). Direct cos/sin of every angle took 33 ms of a fresh process's start
+    for Gemma 3's two 4096 x 128 tables; this evaluates 1/32 of them."""
     half = n_rot // 2
     cos = np.empty((n_pos, half), np.float32)
     sin = np.empty((n_pos, half), np.float32)
+    step = ROPE_STEP
+    inv = np.empty(half)
     for i in range(half):
-        inv = base ** (-2.0 * i / n_rot) / freq_factors[i]
-        for p in range(n_pos):
-            a = p * scale * inv
-            cos[p, i] = math.cos(a)
-            sin[p, i] = math.sin(a)
+        inv[i] = scale * (base ** (-2.0 * i / n_rot) / freq_factors[i])
+    cb, sb = np.empty((step, half)), np.empty((step, half))     # (b, i) the offsets' angles
+    for b in range(step):
+        for i in range(half):
+            cb[b, i] = math.cos(b * inv[i])
+            sb[b, i] = math.sin(b * inv[i])
+    ca, sa = np.empty(half), np.empty(half)
+    for a in range(0, n_pos, step):
+        for i in range(half):
+            ca[i] = math.cos(a * inv[i])
+            sa[i] = math.sin(a * inv[i])
+        for b in range(min(step, n_pos - a)):
+            for i in range(half):
+                cos[a + b, i] = ca[i] * cb[b, i] - sa[i] * sb[b, i]
+                sin[a + b, i] = sa[i] * cb[b, i] + ca[i] * sb[b, i]
     return cos, sin
 
 
