@@ -13,6 +13,7 @@ __all__ = ["load", "LocalLLMError", "__version__"]
 
 def load(path, n_ctx=None, n_threads=None, **kwargs):
     """Load a GGUF model (a path, or a name from the model store) and return an `LLM`."""
-    from .engine import LLM
+    with _runtime.collector_paused():
+        from .engine import LLM
 
-    return LLM(path, n_ctx=n_ctx, n_threads=n_threads, **kwargs)
+        return LLM(path, n_ctx=n_ctx, n_threads=n_threads, **kwargs)

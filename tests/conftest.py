@@ -28,6 +28,15 @@ def _model(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _unfreeze_collector():
+    """localllm.load freezes what the process holds (_runtime.collector_paused); give it back to the
+    collector after each test, so a long test run collects as a plain process does."""
+    yield
+    import gc
+    gc.unfreeze()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_home(tmp_path_factory):
     """The store and the repacked-weights cache of this test run live in a temporary folder."""

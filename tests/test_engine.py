@@ -84,6 +84,30 @@ def test_token_ids_outside_the_vocabulary(llm):
     assert isinstance(InvalidTokenError("x"), ValueError)
 
 
+def test_load_pauses_the_collector_and_leaves_no_cycles(tiny):
+    """load() runs with the cyclic collector off and freezes what it built when nothing compiled
+    (_runtime.collector_paused), so it must hand the collector back on, after a failed load too; and a
+    model must be freed by reference counts alone, or the freeze would keep a dropped model alive."""
+    import gc
+    import weakref
+
+    localllm.load(tiny, n_ctx=32)                 # compiles whatever this process has not yet
+    frozen = gc.get_freeze_count()
+    llm = localllm.load(tiny, n_ctx=32)           # nothing left to compile: paused, then frozen
+    assert gc.isenabled() and gc.get_freeze_count() > frozen
+    list(llm.stream("the cat", max_tokens=3, temperature=0))
+    refs = [weakref.ref(o) for o in (llm, llm.model, llm.cache, llm.tokenizer, llm.gguf)]
+    gc.disable()
+    try:
+        del llm
+        assert all(r() is None for r in refs), "a reference cycle keeps a dropped model alive"
+    finally:
+        gc.enable()
+    with pytest.raises(ModelNotFoundError):
+        localllm.load(tiny.parent / "missing.gguf")
+    assert gc.isenabled()
+
+
 def test_errors_are_localllm_errors():
     for cls in (GGUFError, ContextOverflowError, ChatTemplateError, UnsupportedArchitectureError,
                 UnsupportedTensorTypeError, ModelNotFoundError, InvalidTokenError):
