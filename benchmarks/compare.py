@@ -43,8 +43,9 @@ from llama_cpp import Llama
 
 n_prompt, n_gen, n_batch, threads, depth = cfg["n_prompt"], cfg["n_gen"], 512, cfg["threads"], cfg["n_depth"]
 t0 = time.perf_counter()
+fa = bool(cfg.get("flash_attn"))
 llm = Llama(model_path=cfg["model"], n_ctx=depth + max(n_prompt + n_gen, 16), n_batch=n_batch, n_ubatch=n_batch,
-            n_threads=threads, n_threads_batch=threads, verbose=False)
+            n_threads=threads, n_threads_batch=threads, verbose=False, flash_attn=fa)
 load_s = time.perf_counter() - t0
 ctx = llm._ctx.ctx
 vocab = C.llama_model_get_vocab(llm._model.model)
@@ -107,7 +108,7 @@ out["cold_start_s"] = None
 if cfg["cold_start"]:
     # time to first token of a short chat prompt in a fresh process, as localllm.bench.cold_start_s
     code = ("import os, sys; from llama_cpp import Llama; "
-            f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False); "
+            f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False, flash_attn={fa}); "
             "next(llm.create_chat_completion([{'role': 'user', 'content': 'Why is the sky blue?'}], "
             "max_tokens=1, temperature=0, stream=True)); print('first token', flush=True); os._exit(0)")
     # (the second of two launches, bytecode cache allowed, as localllm.bench.cold_start_s)
@@ -190,7 +191,8 @@ def _merge_rounds(results: list[dict], tests: list[str]) -> dict:
 
 def compare_model(path: str, args, llama_python: str | None) -> dict:
     cfg = {"model": str(path), "threads": args.threads, "reps": args.reps, "n_prompt": args.n_prompt,
-           "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0, "n_depth": args.n_depth}
+           "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0, "n_depth": args.n_depth,
+           "flash_attn": getattr(args, "llama_flash_attn", "off") == "on"}
     read, total = bytes_per_token(path)
     entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
              "decode_limit_tps": args.bandwidth / read}
@@ -236,7 +238,8 @@ def format_report(report: dict) -> str:
     lines = [f"# localllm vs llama.cpp, {report['date']}",
              f"CPU: {report['cpu']}; threads: {report['threads']}; reps: {report['reps']}; "
              f"rounds: {report.get('rounds', 1)}; "
-             f"llama-cpp-python: {report['llama_cpp_version'] or 'not available'}; "
+             f"llama-cpp-python: {report['llama_cpp_version'] or 'not available'} "
+             f"(flash attention {report.get('llama_flash_attn', 'off')}); "
              f"decode limit at {bw:g} GB/s", ""]
     for m in report["models"]:
         ours, ref = m["localllm"], m["llama_cpp"]
@@ -290,6 +293,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="run the pair this many times, alternating which goes first; ratios are then the "
                         "median of the rounds' (default 1)")
+    p.add_argument("--llama-flash-attn", choices=("off", "on"), default="off",
+                   help="llama.cpp's flash attention: off is llama-bench's and llama-cpp-python's default; on "
+                        "is what llama.cpp's own default (auto) picks on a CPU, as in llama-cli (default off)")
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold-start timing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = p.parse_args(argv)
@@ -312,6 +318,7 @@ def main(argv=None) -> int:
               "n_cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps, "rounds": args.rounds,
               "n_prompt": args.n_prompt, "n_depth": args.n_depth,
               "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs, "llama_cpp_version": version,
+              "llama_flash_attn": args.llama_flash_attn,
               "python": platform.python_version(), "models": []}
     for path in args.models:
         print(f"benchmarking {Path(path).name} ...", file=sys.stderr)

@@ -217,6 +217,33 @@ def test_compare_rounds_alternate_and_report_the_median_ratio(tiny_model, monkey
     text = compare.format_report(report)
     assert "2.00x" in text.split("| tg4")[1].split("\n")[0]          # the median, not 113.3 / 53.3
     assert "tg4 ratio per round" in text and "2.00x, 3.00x, 1.50x; median 2.00x" in text
+    assert "(flash attention off)" in text
+
+
+def test_compare_llama_flash_attn_reaches_llama_cpp(tiny_model, monkeypatch):
+    """--llama-flash-attn on is passed to llama.cpp's benchmark and its cold-start process (Llama(...,
+    flash_attn=True)), and the report's header says which setting ran."""
+    import argparse
+    compare = _compare_module()
+    seen = []
+
+    def fake_run(python, script, cfg):
+        seen.append(cfg["flash_attn"])
+        return {"pp16": 10.0, "pp16_samples": [10.0], "tg4": 5.0, "tg4_samples": [5.0], "load_s": 0.5,
+                "cold_start_s": None, "peak_rss_mb": 100.0, "threads": 1, "model_desc": "tiny",
+                "file_size": 1, "n_params": 1, "reps": 1}
+
+    monkeypatch.setattr(compare, "_run_json", fake_run)
+    for setting, want in (("on", True), ("off", False)):
+        seen.clear()
+        args = argparse.Namespace(threads=1, reps=1, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=True, rounds=1,
+                                  bandwidth=28e9, llama_flash_attn=setting)
+        compare.compare_model(str(tiny_model), args, "/fake/python")
+        assert seen == [want, want]
+    assert "flash_attn=fa)" in compare._LLAMA_CPP and "flash_attn={fa})" in compare._LLAMA_CPP
+    report = {"date": "2025-01-01T00:00:00+00:00", "cpu": "x", "threads": 1, "reps": 1, "n_prompt": 16, "n_gen": 4,
+              "bandwidth_gbs": 28.0, "llama_cpp_version": "0", "llama_flash_attn": "on", "models": []}
+    assert "(flash attention on)" in compare.format_report(report)
 
 
 def test_run_bench_with_depth(tiny_model, monkeypatch):
