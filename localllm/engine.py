@@ -102,7 +102,7 @@ class LLM:
         bad = [i for i in ids if not 0 <= i < self.n_vocab]
         if bad:
             raise InvalidTokenError(f"token id {bad[0]} is outside this model's vocabulary (ids 0..{self.n_vocab - 1}); "
-                                    f"{len(bad)} of the {len(ids)} ids given are out of range")
+                                    f"{len(bad)} of the {len(ids)} ids given {'is' if len(bad) == 1 else 'are'} out of range")
 
     def _forward(self, ids: list[int], pos0: int, all_logits: bool) -> np.ndarray:
         outs = []
