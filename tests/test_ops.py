@@ -6,7 +6,7 @@ from numba import njit
 from localllm.kernels.ops import (attend_partial, attention, attention_prefill, attention_serial, attention_split,
                                   attention_split_serial, gelu_tanh_mul, gelu_tanh_mul_rows, merge_partials, rmsnorm,
                                   rope, rope_tables, silu_mul, silu_mul_rows, split_range)
-from localllm.kernels.simd import exp_f32, f32_to_half, half_to_f32
+from localllm.kernels.simd import axpy32x2, dots2x4, exp_f32, f32_to_half, half_to_f32
 
 
 @njit(fastmath=True, error_model="numpy")
@@ -60,6 +60,49 @@ def test_attention_kernels(pos0, t_n, window):
         out = np.empty((t_n, hq, hd), np.float32)
         fn(q, kc, vc, pos0, np.float32(0.25), window, out)
         np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@njit
+def _dots2x4(q, qat, qstride, k, kat, kstride, n, out, oat, ostride):
+    dots2x4(q, qat, qstride, k, kat, kstride, n, out, oat, ostride)
+
+
+@njit
+def _axpy32x2(w, wat, wstride, v, vat, vstride, n, acc, aat, astride):
+    axpy32x2(w, wat, wstride, v, vat, vstride, n, acc, aat, astride)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16-bits"])
+def test_two_head_kernels_against_numpy(half):
+    """dots2x4 (two heads x four keys' dot products) and axpy32x2 (two heads' weighted sums of value rows,
+    32 columns), at offsets and strides inside larger arrays, over float32 and float16-bit keys/values;
+    what they must not touch stays as it was."""
+    rng = np.random.default_rng(3)
+    hd, n_keys = 72, 11
+    q = rng.standard_normal(5 * hd).astype(np.float32)
+    k = rng.standard_normal(n_keys * hd + 16).astype(np.float32)
+    kc = k.astype(np.float16).view(np.uint16) if half else k
+    kf = k.astype(np.float16).astype(np.float32) if half else k
+    out = np.full(3 * 20, 7.0, np.float32)
+    _dots2x4(q, hd, 2 * hd, kc, 3 * hd + 8, hd, 64, out, 5, 20)   # heads 1 and 3, keys 3..6, 64 of 72 dims
+    want = np.full(60, 7.0)
+    for h, qh in enumerate((1, 3)):
+        for i in range(4):
+            want[5 + 20 * h + i] = q[qh * hd:qh * hd + 64] @ kf[(3 + i) * hd + 8:(3 + i) * hd + 72]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+    w = rng.standard_normal(2 * 40).astype(np.float32)
+    v = rng.standard_normal(9 * 48 + 8).astype(np.float32)
+    vc = v.astype(np.float16).view(np.uint16) if half else v
+    vf = v.astype(np.float16).astype(np.float32) if half else v
+    acc = rng.standard_normal(2 * 50).astype(np.float32)
+    before = acc.copy()
+    _axpy32x2(w, 3, 40, vc, 8, 48, 9, acc, 10, 50)      # rows j = 0..8 of v from element 8, 48 apart
+    want = before.astype(np.float64)
+    for h in range(2):
+        for j in range(9):
+            want[10 + 50 * h:42 + 50 * h] += w[3 + 40 * h + j] * vf[8 + 48 * j:40 + 48 * j]
+    np.testing.assert_allclose(acc, want, rtol=1e-5, atol=1e-5)
 
 
 @njit

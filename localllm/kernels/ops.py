@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .entry import entry_point, lean_caches
-from .simd import axpy64, dots8, exp_f32, kv_value, max_f32, mm4x16
+from .simd import axpy32x2, axpy64, dots2x4, dots8, exp_f32, kv_value, max_f32, mm4x16
 
 
 @njit(cache=True, fastmath=True)
@@ -90,13 +90,28 @@ KEY_BLOCK = 64   # keys (and values) a pass takes at once, used by every query h
 @njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _scores(q, k_cache, t, kvh, h0, h1, j0, j1, s):
     """s[g, j - j0] (H', >= n) = q[t, h0 + g] . k_cache[kvh, j] for keys j = j0..j1-1 and query heads
-    h0..h1-1, unscaled; eight keys at a time where the head size is a multiple of 8."""
+    h0..h1-1, unscaled. Where the head size is a multiple of 8: two heads x four keys a pass (dots2x4,
+    each key widened once for both), a head left over eight keys a pass (dots8)."""
     hd, n_ctx, ss = q.shape[2], k_cache.shape[1], s.shape[1]
     qbase, kbase = (t * q.shape[1] + h0) * hd, (kvh * n_ctx + j0) * hd
-    n = j1 - j0
+    n, ng = j1 - j0, h1 - h0
     for b0 in range(0, n, KEY_BLOCK):
         b1 = min(n, b0 + KEY_BLOCK)
-        for g in range(h1 - h0):
+        g0 = 0
+        if hd % 8 == 0:
+            while g0 + 2 <= ng:
+                j = b0
+                while j + 4 <= b1:
+                    dots2x4(q, qbase + g0 * hd, hd, k_cache, kbase + j * hd, hd, hd, s, g0 * ss + j, ss)
+                    j += 4
+                for g in range(g0, g0 + 2):
+                    for jj in range(j, b1):
+                        a = np.float32(0.0)
+                        for d in range(hd):
+                            a += q[t, h0 + g, d] * kv_value(k_cache[kvh, j0 + jj, d])
+                        s[g, jj] = a
+                g0 += 2
+        for g in range(g0, ng):
             j = b0
             if hd % 8 == 0:
                 while j + 8 <= b1:
@@ -128,17 +143,23 @@ def _weights(s, ng, n, scale, m, l, a0):
 
 @njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _values(s, ng, v_cache, kvh, j0, j1, acc, a0):
-    """acc[a0 + g] (hd_v,) = sum_j s[g, j - j0] * v_cache[kvh, j] over j = j0..j1-1, for g < ng; 64
-    columns at a time in registers where hd_v is a multiple of 64."""
+    """acc[a0 + g] (hd_v,) = sum_j s[g, j - j0] * v_cache[kvh, j] over j = j0..j1-1, for g < ng. Where hd_v
+    is a multiple of 32: two heads x 32 columns a pass in registers (axpy32x2, each value widened once for
+    both); a head left over 64 columns a pass (axpy64) where hd_v is a multiple of 64."""
     hd_v, n_ctx, ss = v_cache.shape[2], v_cache.shape[1], s.shape[1]
     vbase = (kvh * n_ctx + j0) * hd_v
     n = j1 - j0
     for g in range(ng):
         for d in range(hd_v):
             acc[a0 + g, d] = 0.0
+    pairs = ng // 2 * 2 if hd_v % 32 == 0 else 0
     for b0 in range(0, n, KEY_BLOCK):
         b1 = min(n, b0 + KEY_BLOCK)
-        for g in range(ng):
+        for g in range(0, pairs, 2):
+            for c in range(0, hd_v, 32):
+                axpy32x2(s, g * ss + b0, ss, v_cache, vbase + b0 * hd_v + c, hd_v, b1 - b0, acc,
+                         (a0 + g) * hd_v + c, hd_v)
+        for g in range(pairs, ng):
             if hd_v % 64 == 0:
                 for c in range(0, hd_v, 64):
                     axpy64(s, g * ss + b0, v_cache, vbase + b0 * hd_v + c, hd_v, b1 - b0, acc, (a0 + g) * hd_v + c)

@@ -179,16 +179,7 @@ def dots8(typingctx, q, qat, k, kat, stride, n, out, oat):
             qv = _v8(builder, builder.gep(qp, [d]))
             for i in range(8):
                 builder.store(_fma(builder, accs[i], qv, _v8(builder, builder.gep(rows[i], [d]))), accs[i])
-        a = [builder.load(x) for x in accs]
-        # transpose-and-add: pairs of lanes, then quads, then halves; lane i ends with key i's sum
-        ev, od = [0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15]
-        b = [builder.fadd(_mix(builder, a[i], a[i + 1], ev), _mix(builder, a[i], a[i + 1], od), flags=_FAST)
-             for i in range(0, 8, 2)]
-        lo, hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-        c = [builder.fadd(_mix(builder, b[i], b[i + 1], lo), _mix(builder, b[i], b[i + 1], hi), flags=_FAST)
-             for i in range(0, 4, 2)]
-        r = builder.fadd(_mix(builder, c[0], c[1], [0, 1, 2, 3, 8, 9, 10, 11]),
-                         _mix(builder, c[0], c[1], [4, 5, 6, 7, 12, 13, 14, 15]), flags=_FAST)
+        r = _transpose_add8(builder, [builder.load(x) for x in accs])     # lane i ends with key i's sum
         op = _at(context, builder, ty[6], args[6], args[7])
         builder.store(r, builder.bitcast(op, _V8F.as_pointer()), align=4)
         return context.get_dummy_value()
@@ -223,6 +214,94 @@ def axpy64(typingctx, w, wat, v, vat, stride, n, acc, aat):
         for i, a in enumerate(accs):
             builder.store(builder.load(a), builder.bitcast(builder.gep(ap, [ir.Constant(_I64, 8 * i)]),
                                                            _V8F.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _transpose_add8(builder, a):
+    """One vector whose lane i is the sum of the eight lanes of a[i] (eight vectors): pairs of lanes, then
+    quads, then halves."""
+    ev, od = [0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15]
+    b = [builder.fadd(_mix(builder, a[i], a[i + 1], ev), _mix(builder, a[i], a[i + 1], od), flags=_FAST)
+         for i in range(0, 8, 2)]
+    lo, hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    c = [builder.fadd(_mix(builder, b[i], b[i + 1], lo), _mix(builder, b[i], b[i + 1], hi), flags=_FAST)
+         for i in range(0, 4, 2)]
+    return builder.fadd(_mix(builder, c[0], c[1], [0, 1, 2, 3, 8, 9, 10, 11]),
+                        _mix(builder, c[0], c[1], [4, 5, 6, 7, 12, 13, 14, 15]), flags=_FAST)
+
+
+@intrinsic
+def dots2x4(typingctx, q, qat, qstride, k, kat, kstride, n, out, oat, ostride):
+    """out.flat[oat + h * ostride + i] = sum_{d < n} q.flat[qat + h * qstride + d] * k.flat[kat + i * kstride + d]
+    for heads h < 2 and keys i < 4: two query heads against four keys, eight vector sums reduced together.
+    Each key vector is loaded (and widened from float16) once for both heads: 6 loads per 8 FMAs where
+    dots8 (one head, eight keys) takes 9. n a multiple of 8; C-contiguous arrays, float32 (k: float32 or
+    float16 bits, uint16)."""
+    sig = types.void(q, qat, qstride, k, kat, kstride, n, out, oat, ostride)
+
+    def codegen(context, builder, signature, args):
+        ty = signature.args
+        qp, kp = _at(context, builder, ty[0], args[0], args[1]), _at(context, builder, ty[3], args[3], args[4])
+        qstride, kstride, n, ostride = (_i64(builder, args[i]) for i in (2, 5, 6, 9))
+        qrows = [builder.gep(qp, [builder.mul(qstride, ir.Constant(_I64, h))]) for h in range(2)]
+        krows = [builder.gep(kp, [builder.mul(kstride, ir.Constant(_I64, i))]) for i in range(4)]
+        accs = [cgutils.alloca_once(builder, _V8F) for _ in range(8)]     # head h, key i: accs[4h + i]
+        for a in accs:
+            builder.store(ir.Constant(_V8F, [0.0] * 8), a)
+        with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), n, ir.Constant(_I64, 8)) as (d, _):
+            qv = [_v8(builder, builder.gep(r, [d])) for r in qrows]
+            for i in range(4):
+                kv = _v8(builder, builder.gep(krows[i], [d]))
+                for h in range(2):
+                    builder.store(_fma(builder, accs[4 * h + i], qv[h], kv), accs[4 * h + i])
+        r = _transpose_add8(builder, [builder.load(x) for x in accs])
+        op = _at(context, builder, ty[7], args[7], args[8])
+        v4, i4 = ir.VectorType(ir.FloatType(), 4), ir.VectorType(_I32, 4)
+        for h in range(2):
+            part = builder.shuffle_vector(r, r, ir.Constant(i4, [4 * h + i for i in range(4)]))
+            at = builder.gep(op, [builder.mul(ostride, ir.Constant(_I64, h))])
+            builder.store(part, builder.bitcast(at, v4.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def axpy32x2(typingctx, w, wat, wstride, v, vat, vstride, n, acc, aat, astride):
+    """acc.flat[aat + h * astride + d] += sum_{j < n} w.flat[wat + h * wstride + j] * v.flat[vat + j * vstride + d]
+    for heads h < 2 and d < 32: two heads' weighted sums of n value rows' 32 columns in eight vector
+    registers, each value vector loaded (and widened) once for both heads. C-contiguous arrays, float32
+    (v: float32 or float16 bits, uint16)."""
+    sig = types.void(w, wat, wstride, v, vat, vstride, n, acc, aat, astride)
+
+    def codegen(context, builder, signature, args):
+        ty = signature.args
+        wp, vp = _at(context, builder, ty[0], args[0], args[1]), _at(context, builder, ty[3], args[3], args[4])
+        ap = _at(context, builder, ty[7], args[7], args[8])
+        wstride, vstride, n, astride = (_i64(builder, args[i]) for i in (2, 5, 6, 9))
+        wrows = [builder.gep(wp, [builder.mul(wstride, ir.Constant(_I64, h))]) for h in range(2)]
+        arows = [builder.gep(ap, [builder.mul(astride, ir.Constant(_I64, h))]) for h in range(2)]
+        accs = [cgutils.alloca_once(builder, _V8F) for _ in range(8)]     # head h, columns 8c..: accs[4h + c]
+        for h in range(2):
+            for c in range(4):
+                builder.store(_v8(builder, builder.gep(arows[h], [ir.Constant(_I64, 8 * c)])), accs[4 * h + c])
+        with cgutils.for_range(builder, n) as loop:
+            j = loop.index
+            row = builder.gep(vp, [builder.mul(j, vstride)])
+            vv = [_v8(builder, builder.gep(row, [ir.Constant(_I64, 8 * c)])) for c in range(4)]
+            for h in range(2):
+                wv = builder.insert_element(ir.Constant(_V8F, ir.Undefined), builder.load(builder.gep(wrows[h], [j])),
+                                            ir.Constant(_I32, 0))
+                wv = _mix(builder, wv, ir.Constant(_V8F, ir.Undefined), [0] * 8)
+                for c in range(4):
+                    builder.store(_fma(builder, accs[4 * h + c], wv, vv[c]), accs[4 * h + c])
+        for h in range(2):
+            for c in range(4):
+                builder.store(builder.load(accs[4 * h + c]),
+                              builder.bitcast(builder.gep(arows[h], [ir.Constant(_I64, 8 * c)]), _V8F.as_pointer()),
+                              align=4)
         return context.get_dummy_value()
 
     return sig, codegen
