@@ -116,10 +116,13 @@ def test_pooled_decode_matches(tmp_path, monkeypatch, kernel, model):
 _COMPARE = """
 import sys, numpy as np, localllm
 from localllm.kernels import decode
+n_ids, split_from, seed = (int(a) for a in sys.argv[3:6])
 llm = localllm.load(sys.argv[1], n_ctx=64)
 f = llm.model._fused
 assert f.pooled
-ids = [int(i) for i in np.random.default_rng(4).integers(0, 5000, 40)]   # split-K from 32 keys
+if split_from:
+    f.split_from = split_from
+ids = [int(i) for i in np.random.default_rng(seed).integers(0, min(5000, llm.model.n_vocab), n_ids)]
 def steps():
     cache = llm.model.make_cache(64)
     return np.stack([llm.model.forward(np.array([t]), j, cache)[0].copy() for j, t in enumerate(ids)])
@@ -133,17 +136,19 @@ np.save(sys.argv[2], np.stack([pooled, steps()]))
 """
 
 
-def _pooled_and_not_from_the_cache(path, tmp_path):
+def _pooled_and_not_from_the_cache(path, tmp_path, n_ids=40, split_from=0, seed=4):
     """_pooled_and_not for a real model, run in a fresh process whose two decode kernels both come from
     Numba's cache (a first process puts them there). A kernel compiled in a process and the same kernel
     loaded from the cache have been seen to differ in attention's last bit (1.5e-8 at three keys and
     more; the cached object code is byte-identical to the compiled one), and the int8 quantization of
     the activations carries that to ~1 logit: with one kernel of each kind, as in a test process that
     compiled one of them for an earlier test, the comparison would fail on every first run after a
-    kernel edit."""
+    kernel edit. n_ids ids from seed (below 5000 and the vocabulary); split_from 0: the decoder's own
+    (split-K from 32 keys)."""
     out = tmp_path / "logits.npy"
     for _ in range(2):
-        r = subprocess.run([sys.executable, "-c", _COMPARE, str(path), str(out)], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-c", _COMPARE, str(path), str(out), str(n_ids), str(split_from),
+                            str(seed)], capture_output=True, text=True,
                            timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
     pooled, plain = np.load(out)
@@ -188,20 +193,19 @@ def test_pooled_can_be_turned_off(tmp_path, monkeypatch):
 @needs_threads
 @needs_avx2
 @pytest.mark.parametrize("model", ["llama-3kv-hd64", "llama-2kv-hd16", "gemma3-1kv"])
-def test_split_k_attention_matches(tmp_path, monkeypatch, model):
+def test_split_k_attention_matches(tmp_path, model):
     """From split_from visible keys on, pooled decode splits attention by key range and joins the threads'
     parts, and the region-per-product decode runs the same parts (ops.attention_split): the same logits,
     over 40 positions past the switch, on head counts that do and do not divide among the threads.
     (Attention by KV head against by key range differ in rounding, which the int8 activations carry to
-    ~1e-2 of the logits: the two paths must use the same split.)"""
+    ~1e-2 of the logits: the two paths must use the same split.) Run in fresh processes with both
+    kernels from the cache (_pooled_and_not_from_the_cache): in this process one of them may have been
+    compiled by an earlier test, which failed this comparison once after a kernel edit."""
     if model.startswith("gemma3"):     # one KV head, q/k norms; no sliding window: every layer global
         path = write_tiny_gemma3(tmp_path / "tiny.gguf", n_layer=2, n_kv_head=1, window=0)
     elif "hd64" in model:              # 64-wide heads: the value pass runs in vector registers (simd.axpy64)
         path = write_tiny_llama(tmp_path / "tiny.gguf", qtype="Q4_0", n_embd=384, n_head=6, n_kv_head=3)
     else:
         path = write_tiny_llama(tmp_path / "tiny.gguf", qtype="Q4_0")
-    llm = localllm.load(path, n_ctx=64)
-    llm.model._fused.split_from = 16
-    ids = [int(i) for i in np.random.default_rng(5).integers(0, llm.model.n_vocab, 56)]
-    pooled, plain = _pooled_and_not(llm, ids, monkeypatch)
+    pooled, plain = _pooled_and_not_from_the_cache(path, tmp_path, n_ids=56, split_from=16, seed=5)
     _assert_same(pooled, plain)
