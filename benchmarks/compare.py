@@ -108,7 +108,8 @@ out["cold_start_s"] = None
 if cfg["cold_start"]:
     # time to first token of a short chat prompt in a fresh process, as localllm.bench.cold_start_s
     code = ("import os, sys; from llama_cpp import Llama; "
-            f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False, flash_attn={fa}); "
+            f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False, "
+            f"flash_attn={fa}); "
             "next(llm.create_chat_completion([{'role': 'user', 'content': 'Why is the sky blue?'}], "
             "max_tokens=1, temperature=0, stream=True)); print('first token', flush=True); os._exit(0)")
     # (the second of two launches, bytecode cache allowed, as localllm.bench.cold_start_s)
@@ -192,7 +193,7 @@ def _merge_rounds(results: list[dict], tests: list[str]) -> dict:
 def compare_model(path: str, args, llama_python: str | None) -> dict:
     cfg = {"model": str(path), "threads": args.threads, "reps": args.reps, "n_prompt": args.n_prompt,
            "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0, "n_depth": args.n_depth,
-           "flash_attn": getattr(args, "llama_flash_attn", "off") == "on"}
+           "flash_attn": args.llama_flash_attn == "on"}
     read, total = bytes_per_token(path)
     entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
              "decode_limit_tps": args.bandwidth / read}

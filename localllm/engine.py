@@ -101,8 +101,10 @@ class LLM:
         memory that is not the model's)."""
         bad = [i for i in ids if not 0 <= i < self.n_vocab]
         if bad:
-            raise InvalidTokenError(f"token id {bad[0]} is outside this model's vocabulary (ids 0..{self.n_vocab - 1}); "
-                                    f"{len(bad)} of the {len(ids)} ids given {'is' if len(bad) == 1 else 'are'} out of range")
+            verb = "is" if len(bad) == 1 else "are"
+            raise InvalidTokenError(f"token id {bad[0]} is outside this model's vocabulary "
+                                    f"(ids 0..{self.n_vocab - 1}); {len(bad)} of the {len(ids)} ids given "
+                                    f"{verb} out of range")
 
     def _forward(self, ids: list[int], pos0: int, all_logits: bool) -> np.ndarray:
         outs = []

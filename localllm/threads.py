@@ -60,9 +60,10 @@ def set_threads(n: int | None) -> int:
     """Set Numba's thread count (None: default_threads()); returns the count in force.
 
     Where the integer-dot kernels (VNNI or AVX2) run prefill, BLAS is left only matrices without an
-    integer layout (float formats), and its pool is limited to one thread: OpenBLAS workers spin for a while after each call, and on the
-    same cores as Numba's pool they halved the speed of every matrix product after them (Qwen2.5 pp512:
-    165 -> 302 t/s on Zen 4 with VNNI, 100 -> 150 t/s on Zen 3 with AVX2).
+    integer layout (float formats), and its pool is limited to one thread: OpenBLAS workers spin for a
+    while after each call, and on the same cores as Numba's pool they halved the speed of every matrix
+    product after them (Qwen2.5 pp512: 165 -> 302 t/s on Zen 4 with VNNI, 100 -> 150 t/s on Zen 3 with
+    AVX2).
     """
     import numba
 

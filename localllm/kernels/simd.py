@@ -159,6 +159,12 @@ def _fma(builder, acc, a, b):
     return builder.fadd(builder.load(acc), builder.fmul(a, b, flags=_FAST), flags=_FAST)
 
 
+def _bcast8(builder, ptr):
+    """The float32 at ptr in all eight lanes."""
+    v = builder.insert_element(ir.Constant(_V8F, ir.Undefined), builder.load(ptr), ir.Constant(_I32, 0))
+    return _mix(builder, v, ir.Constant(_V8F, ir.Undefined), [0] * 8)
+
+
 @intrinsic
 def dots8(typingctx, q, qat, k, kat, stride, n, out, oat):
     """out.flat[oat + i] = sum_{d < n} q.flat[qat + d] * k.flat[kat + i * stride + d] for i = 0..7: eight
@@ -204,9 +210,7 @@ def axpy64(typingctx, w, wat, v, vat, stride, n, acc, aat):
             builder.store(_v8(builder, builder.gep(ap, [ir.Constant(_I64, 8 * i)])), a)
         with cgutils.for_range(builder, n) as loop:
             j = loop.index
-            wv = builder.insert_element(ir.Constant(_V8F, ir.Undefined), builder.load(builder.gep(wp, [j])),
-                                        ir.Constant(_I32, 0))
-            wv = _mix(builder, wv, ir.Constant(_V8F, ir.Undefined), [0] * 8)
+            wv = _bcast8(builder, builder.gep(wp, [j]))
             row = builder.gep(vp, [builder.mul(j, stride)])
             for i in range(8):
                 builder.store(_fma(builder, accs[i], wv, _v8(builder, builder.gep(row, [ir.Constant(_I64, 8 * i)]))),
@@ -292,9 +296,7 @@ def axpy32x2(typingctx, w, wat, wstride, v, vat, vstride, n, acc, aat, astride):
             row = builder.gep(vp, [builder.mul(j, vstride)])
             vv = [_v8(builder, builder.gep(row, [ir.Constant(_I64, 8 * c)])) for c in range(4)]
             for h in range(2):
-                wv = builder.insert_element(ir.Constant(_V8F, ir.Undefined), builder.load(builder.gep(wrows[h], [j])),
-                                            ir.Constant(_I32, 0))
-                wv = _mix(builder, wv, ir.Constant(_V8F, ir.Undefined), [0] * 8)
+                wv = _bcast8(builder, builder.gep(wrows[h], [j]))
                 for c in range(4):
                     builder.store(_fma(builder, accs[4 * h + c], wv, vv[c]), accs[4 * h + c])
         for h in range(2):
@@ -345,20 +347,14 @@ def mm4x16(typingctx, a, aat, astride, akstride, b, bat, bstride, n, c, cat, cst
         accs = [cgutils.alloca_once(builder, _V8F) for _ in range(2 * MM_ROWS)]
         zero = ir.Constant(_V8F, [0.0] * 8)
         for x, p in zip(accs, cvec):
-            with builder.if_else(keep) as (yes, no):
-                with yes:
-                    builder.store(builder.load(p, align=4), x)
-                with no:
-                    builder.store(zero, x)
+            builder.store(builder.select(keep, builder.load(p, align=4), zero), x)
         with cgutils.for_range(builder, n) as loop:
             k = loop.index
             row = builder.gep(bp, [builder.mul(k, bstride)])
             bv = [_v8(builder, builder.gep(row, [ir.Constant(_I64, 8 * h)])) for h in range(2)]
             ak = builder.mul(k, akstride)
             for i in range(MM_ROWS):
-                av = builder.insert_element(ir.Constant(_V8F, ir.Undefined), builder.load(builder.gep(arows[i], [ak])),
-                                            ir.Constant(_I32, 0))
-                av = _mix(builder, av, ir.Constant(_V8F, ir.Undefined), [0] * 8)
+                av = _bcast8(builder, builder.gep(arows[i], [ak]))
                 for h in range(2):
                     builder.store(_fma(builder, accs[2 * i + h], av, bv[h]), accs[2 * i + h])
         for x, p in zip(accs, cvec):
