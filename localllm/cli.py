@@ -262,11 +262,34 @@ def _has_tui() -> bool:
         return False
 
 
+def _say_when_compiling():
+    """On a terminal, say once why a first run waits: Numba compiling the kernels of this model's formats
+    (a minute or two on a small machine; cached for every later run). Returns the registered listener."""
+    from numba.core import event
+
+    class _Once(event.Listener):
+        said = False
+
+        def on_start(self, ev):
+            if not self.said:
+                self.said = True
+                _stderr().print("[dim]compiling the kernels for this model's formats (first run only, "
+                                "a minute or two)…[/dim]")
+
+        def on_end(self, ev):
+            pass
+
+    listener = _Once()
+    event.register("numba:compile", listener)
+    return listener
+
+
 def _load(path, label: str, ctx, threads):
     import localllm
 
     t = time.perf_counter()
     if sys.stderr.isatty():
+        _say_when_compiling()
         with _stderr().status(f"loading {label}…"):
             llm = localllm.load(str(path), n_ctx=ctx, n_threads=threads)
     else:

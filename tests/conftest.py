@@ -4,6 +4,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# The tiny test models span every format: each kernel compiled once for all of them, not once per model's
+# set of formats (kernels/entry.py SPECIALIZE); test_variants.py checks the per-model compiling.
+os.environ.setdefault("LOCALLLM_SPECIALIZE", "0")
+
 import pytest
 
 from localllm.hub.manifests import find_manifest

@@ -400,3 +400,19 @@ def test_bench_command_json(tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["pp16"] > 0 and res["tg4"] > 0 and res["threads"] >= 1
+
+
+def test_a_first_run_says_once_that_it_compiles(capsys):
+    from numba import njit
+    from numba.core import event
+
+    from localllm import cli
+
+    listener = cli._say_when_compiling()
+    try:
+        njit(lambda x: x + 1)(1)
+        njit(lambda x: x * 2)(1)
+    finally:
+        event.unregister("numba:compile", listener)
+    err = capsys.readouterr().err
+    assert err.count("compiling the kernels") == 1 and "first run only" in err

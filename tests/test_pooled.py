@@ -172,7 +172,7 @@ def test_falls_back_when_the_threads_do_not_run_side_by_side(tmp_path, monkeypat
     ids = [5, 17, 40, 99, 3]
     want = _steps(llm, ids)
     calls = []
-    monkeypatch.setattr(decode, "decode_token_pooled", lambda *a: calls.append(1) or False)
+    monkeypatch.setattr(f, "pooled_fn", lambda *a: calls.append(1) or False)
     f.pooled = True
     got = _steps(llm, ids)
     _assert_same(got, want)

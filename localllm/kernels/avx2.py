@@ -52,7 +52,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .entry import entry_point, lean_caches
 
@@ -307,9 +307,10 @@ def _factors(builder, ptr, form, at, dat):
     return _vload(builder, ptr, at, _V8F, 4)
 
 
-def _make_rows(mode: int, halves: int):
+def _make_rows(mode: int, halves: int, offsets: bool | None = None):
     """The decode kernel: one row group's 32 outputs for one activation row, the loop over the row's
-    blocks written in IR with the four row octets' accumulators in registers.
+    blocks written in IR with the four row octets' accumulators in registers. offsets: whether the matrix
+    has offsets (None: both loops, chosen at run time by offset.shape[1]).
 
     rows(q, qat, xq, xd, xqs, scale, offset, g, lo, acc): q, xq, xd, xqs as in `_groups_int8dot` (row
     group g's bytes at qat), scale/offset in any of the three forms, lo the code shift; acc float32 (32,)
@@ -418,11 +419,14 @@ def _make_rows(mode: int, halves: int):
                 with cgutils.for_range(builder, shape(3, 0)) as it:
                     block(it.index, with_offsets)
 
-            with builder.if_else(builder.icmp_unsigned(">", shape(6, 1), c64(0))) as (yes, no):
-                with yes:
-                    loop(True)
-                with no:
-                    loop(False)
+            if offsets is None:
+                with builder.if_else(builder.icmp_unsigned(">", shape(6, 1), c64(0))) as (yes, no):
+                    with yes:
+                        loop(True)
+                    with no:
+                        loop(False)
+            else:
+                loop(offsets)
             for o in range(4):
                 builder.store(builder.load(accs[o]), builder.bitcast(builder.gep(ap, [c64(8 * o)]), _V8F.as_pointer()),
                               align=4)
@@ -433,12 +437,13 @@ def _make_rows(mode: int, halves: int):
     return rows
 
 
-def _make_tile(mode: int, halves: int):
+def _make_tile(mode: int, halves: int, offsets: bool | None = None):
     """The prefill kernel: one 32-row x 32-column block for TT activation rows at once, each weight
     vector loaded and unpacked once and multiplied with the TT rows' activation quads. Same layout and
     arithmetic as `_make_rows`; the per-row values come in arrays: dv float32 (TT,) activation scales, cv int32 (2*TT,)
     code-shift corrections per row and half, xsv float32 (2*TT,) d * sum(x_q) per row and half; row t's
-    codes at xat + t * xstride; acc float32 (TT, 32)."""
+    codes at xat + t * xstride; acc float32 (TT, 32). offsets as in `_make_rows` (None: chosen at run time
+    by has_off)."""
     octet_bytes = OCTET_BYTES[mode]
     per_half = 8 // halves             # code vectors (each with one activation quad) a half
     chunk = _CHUNK[mode]
@@ -511,12 +516,15 @@ def _make_tile(mode: int, halves: int):
                                 a = builder.fadd(a, builder.fmul(ov[h], xs, flags=_FAST), flags=_FAST)
                         builder.store(a, accp, align=4)
 
-            has = builder.icmp_unsigned("!=", args[13], ir.Constant(args[13].type, 0))
-            with builder.if_else(has) as (yes, no):
-                with yes:
-                    body(True)
-                with no:
-                    body(False)
+            if offsets is None:
+                has = builder.icmp_unsigned("!=", args[13], ir.Constant(args[13].type, 0))
+                with builder.if_else(has) as (yes, no):
+                    with yes:
+                        body(True)
+                    with no:
+                        body(False)
+            else:
+                body(offsets)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -524,14 +532,128 @@ def _make_tile(mode: int, halves: int):
     return tile
 
 
-_rnib1, _rnib2 = _make_rows(NIBBLES, 1), _make_rows(NIBBLES, 2)
-_rn5_1, _rn5_2 = _make_rows(NIB5, 1), _make_rows(NIB5, 2)
-_rn6_1, _rn6_2 = _make_rows(NIB6, 1), _make_rows(NIB6, 2)
-_rs8_1, _rs8_2 = _make_rows(S8, 1), _make_rows(S8, 2)
-_tnib1, _tnib2 = _make_tile(NIBBLES, 1), _make_tile(NIBBLES, 2)
-_tn5_1, _tn5_2 = _make_tile(NIB5, 1), _make_tile(NIB5, 2)
-_tn6_1, _tn6_2 = _make_tile(NIB6, 1), _make_tile(NIB6, 2)
-_ts8_1, _ts8_2 = _make_tile(S8, 1), _make_tile(S8, 2)
+# The kernels by (mode, halves, offsets): offsets None (both, chosen at run time) for drivers called with a
+# variant known only at run time, True or False for those compiled for one variant (see rows_v).
+_KEYS = [(m, h, o) for m in (NIBBLES, NIB5, NIB6, S8) for h in (1, 2) for o in (None, True, False)]
+_ROWS = {key: _make_rows(*key) for key in _KEYS}
+_TILES = {key: _make_tile(*key) for key in _KEYS}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Variants: compiling for a model's matrices alone.
+#
+# Each driver below holds the IR kernel of every mode and halves (eight, each with and without offsets),
+# chosen at run time from the matrix's kind: ~30 s of LLVM a driver and scale form, most of a first run's
+# minutes of compiling (SmolLM2 179 s, Qwen2.5 230 s on a Zen 3, 2026-12-07). A matrix's *variant* is
+# what its compiled code depends on: mode, scale form, kernel (AVX2 or VNNI), two halves a block or one,
+# offsets or none (not the code shift, an argument). Where the variant reaches a driver as a compile-time
+# constant (a closure's: repacked.matmul_packed's entry points, decode's pooled decoder), rows_v and
+# tile_v emit that variant's kernel alone; where it is a run-time value, all of them, chosen at run time.
+
+HALVES_BIT = 8192      # in a variant: scale groups of 16 columns (two halves a block)
+OFFSETS_BIT = 16384    # in a variant: the matrix has offsets
+_FORM_BITS = VNNI_BIT | SCALE16_BIT | TWO_LEVEL_BIT
+
+
+@njit(cache=True)
+def variant_of(kind, halves, has_off):
+    """The variant of a matrix of `kind` (an integer-dot kind) with `halves` scale groups a block."""
+    k = kind - KIND_BASE
+    return (KIND_BASE + (k & 3) + (k & _FORM_BITS) + (HALVES_BIT if halves == 2 else 0)
+            + (OFFSETS_BIT if has_off else 0))
+
+
+def matrix_variant(kind: int, scale: np.ndarray, offset: np.ndarray, n_cols: int) -> int:
+    """variant_of for a matrix's arrays (scale and offset as in PackedMatrix), in Python."""
+    return variant_of.py_func(kind, n_groups.py_func(scale) // (n_cols // BLOCK), offset.shape[1] > 0)
+
+
+def variant_parts(v: int) -> tuple[int, int, bool]:
+    """(mode, halves, offsets) of a variant."""
+    k = v - KIND_BASE
+    return k & 3, 2 if k & HALVES_BIT else 1, bool(k & OFFSETS_BIT)
+
+
+def rows_v(v, q, qat, xq, xd, xqs, scale, offset, g, lo, acc):
+    """The decode kernel (`_make_rows`) of variant v: that variant's alone where v is a compile-time
+    constant, else every mode's and halves', chosen at run time."""
+
+
+def tile_v(v, q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc):
+    """The prefill kernel (`_make_tile`) of variant v, as rows_v."""
+
+
+def _eight(table):
+    """table's eight kernels chosen at run time (offsets too): nibbles, NIB5, NIB6, S8, one half then two."""
+    return tuple(table[m, h, None] for h in (1, 2) for m in (NIBBLES, NIB5, NIB6, S8))
+
+
+@njit(cache=True, inline="always")
+def _pick(v):
+    """Which of _eight's kernels runs variant v (a run-time value)."""
+    return ((v - KIND_BASE) & 3) + (4 if (v - KIND_BASE) & HALVES_BIT else 0)
+
+
+@overload(rows_v, prefer_literal=True)
+def _ol_rows_v(v, q, qat, xq, xd, xqs, scale, offset, g, lo, acc):
+    if isinstance(v, types.IntegerLiteral):
+        kernel = _ROWS[variant_parts(v.literal_value)]
+
+        def one(v, q, qat, xq, xd, xqs, scale, offset, g, lo, acc):
+            kernel(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+        return one
+    k0, k1, k2, k3, k4, k5, k6, k7 = _eight(_ROWS)
+
+    def any_(v, q, qat, xq, xd, xqs, scale, offset, g, lo, acc):
+        i = _pick(v)
+        if i == 0:
+            k0(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+        elif i == 1:
+            k1(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+        elif i == 2:
+            k2(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+        elif i == 3:
+            k3(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+        elif i == 4:
+            k4(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+        elif i == 5:
+            k5(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+        elif i == 6:
+            k6(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+        else:
+            k7(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+    return any_
+
+
+@overload(tile_v, prefer_literal=True)
+def _ol_tile_v(v, q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc):
+    if isinstance(v, types.IntegerLiteral):
+        kernel = _TILES[variant_parts(v.literal_value)]
+
+        def one(v, q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc):
+            kernel(q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc)
+        return one
+    k0, k1, k2, k3, k4, k5, k6, k7 = _eight(_TILES)
+
+    def any_(v, q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc):
+        i = _pick(v)
+        if i == 0:
+            k0(q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc)
+        elif i == 1:
+            k1(q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc)
+        elif i == 2:
+            k2(q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc)
+        elif i == 3:
+            k3(q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc)
+        elif i == 4:
+            k4(q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc)
+        elif i == 5:
+            k5(q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc)
+        elif i == 6:
+            k6(q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc)
+        else:
+            k7(q, qat, xq, xat, xstride, scale, sat, offset, oat, dat, dv, cv, xsv, has_off, acc)
+    return any_
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -594,56 +716,39 @@ def n_groups(scale):
 
 if AVAILABLE:
     @njit(cache=True, inline="always")
-    def _groups_int8dot(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
-        """out (n_rows,) rows of row groups g0..g1-1 = W @ x_hat, serially. scale/offset float32 or
-        float16 bits (G, groups, 32), or two-level int8 (G, n_super, 4 + groups a super-block, 32)."""
+    def _groups_int8dot(v, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
+        """out (n_rows,) rows of row groups g0..g1-1 = W @ x_hat, serially, W of variant v (lo its code
+        shift). scale/offset float32 or float16 bits (G, groups, 32), or two-level int8 (G, n_super,
+        4 + groups a super-block, 32)."""
         g_bytes = q.shape[1] * q.shape[2]
-        halves = n_groups(scale) // xd.shape[0]
         n_rows = out.shape[0]
         acc = np.empty(ROWS, np.float32)
         for g in range(g0, g1):
-            qat = g * g_bytes
-            if halves == 1:
-                if mode == NIBBLES:
-                    _rnib1(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
-                elif mode == NIB5:
-                    _rn5_1(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
-                elif mode == NIB6:
-                    _rn6_1(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
-                else:
-                    _rs8_1(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
-            else:
-                if mode == NIBBLES:
-                    _rnib2(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
-                elif mode == NIB5:
-                    _rn5_2(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
-                elif mode == NIB6:
-                    _rn6_2(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
-                else:
-                    _rs8_2(q, qat, xq, xd, xqs, scale, offset, g, lo, acc)
+            rows_v(v, q, g * g_bytes, xq, xd, xqs, scale, offset, g, lo, acc)
             r0 = g * ROWS
             for r in range(min(ROWS, n_rows - r0)):
                 out[r0 + r] = acc[r]
 
     @njit(cache=True, fastmath=True)
-    def matvec_int8dot_groups(kind, q, scale, offset, xq, xd, xqs, out, g0, g1):
+    def matvec_int8dot_groups(v, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
         """Rows of row groups g0..g1-1 of out (n_rows,) = W @ x_hat, x_hat given by quantize_activation,
-        serially: one thread's share of a decode product."""
-        mode, lo = kind_mode_lo(kind)
-        _groups_int8dot(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1)
+        serially: one thread's share of a decode product. W of variant v, code shift lo. (A function of
+        its own, as matvec_int8dot_q's loop: inlined elsewhere, LLVM contracted the float ops of Q6_K's
+        kernel otherwise, last bits that 24 layers of int8 activations carried to 0.07 of a logit.)"""
+        _groups_int8dot(v, lo, q, scale, offset, xq, xd, xqs, out, g0, g1)
 
     @njit(cache=True, parallel=True, fastmath=True)
-    def matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
-        """out (n_rows,) = W @ x_hat for W in the int8-dot layout q (G, ..., ...), scale/offset as in
-        PackedMatrix (offset (G, 0, 32) when none), x_hat given as quantize_activation's outputs."""
+    def matvec_int8dot_q(v, lo, q, scale, offset, xq, xd, xqs, out):
+        """out (n_rows,) = W @ x_hat for W in the int8-dot layout q (G, ..., ...) of variant v, scale/offset
+        as in PackedMatrix (offset (G, 0, 32) when none), x_hat given as quantize_activation's outputs."""
         n_grp = q.shape[0]
         n_chunks = min(n_grp, PAR_CHUNKS)
         for c in prange(n_chunks):
-            _groups_int8dot(mode, lo, q, scale, offset, xq, xd, xqs, out, c * n_grp // n_chunks,
+            _groups_int8dot(v, lo, q, scale, offset, xq, xd, xqs, out, c * n_grp // n_chunks,
                             (c + 1) * n_grp // n_chunks)
 
     @njit(cache=True, inline="always")
-    def _tile_int8dot(mode, lo, g, t0, q, scale, offset, xq, xd, xqs, dv, cv, xsv, acc):
+    def _tile_int8dot(v, lo, g, t0, q, scale, offset, xq, xd, xqs, dv, cv, xsv, acc):
         """acc (TT, 32) = activation rows t0..t0+TT (quantize_rows' outputs) against row group g."""
         nblk = xd.shape[1]
         k_n = xq.shape[1]
@@ -656,30 +761,14 @@ if AVAILABLE:
         for b in range(nblk):
             row_factors(xd, xqs, t0, TT, b, halves, lo, dv, cv, xsv)
             dat, sat = scale_at(scale, g, b, halves, ng)
-            qat, xat = g * g_bytes + b * b_bytes, t0 * k_n + b * BLOCK
-            if halves == 1:
-                if mode == NIBBLES:
-                    _tnib1(q, qat, xq, xat, k_n, scale, sat, offset, sat, dat, dv, cv, xsv, has_off, acc)
-                elif mode == NIB5:
-                    _tn5_1(q, qat, xq, xat, k_n, scale, sat, offset, sat, dat, dv, cv, xsv, has_off, acc)
-                elif mode == NIB6:
-                    _tn6_1(q, qat, xq, xat, k_n, scale, sat, offset, sat, dat, dv, cv, xsv, has_off, acc)
-                else:
-                    _ts8_1(q, qat, xq, xat, k_n, scale, sat, offset, sat, dat, dv, cv, xsv, has_off, acc)
-            else:
-                if mode == NIBBLES:
-                    _tnib2(q, qat, xq, xat, k_n, scale, sat, offset, sat, dat, dv, cv, xsv, has_off, acc)
-                elif mode == NIB5:
-                    _tn5_2(q, qat, xq, xat, k_n, scale, sat, offset, sat, dat, dv, cv, xsv, has_off, acc)
-                elif mode == NIB6:
-                    _tn6_2(q, qat, xq, xat, k_n, scale, sat, offset, sat, dat, dv, cv, xsv, has_off, acc)
-                else:
-                    _ts8_2(q, qat, xq, xat, k_n, scale, sat, offset, sat, dat, dv, cv, xsv, has_off, acc)
+            tile_v(v, q, g * g_bytes + b * b_bytes, xq, t0 * k_n + b * BLOCK, k_n, scale, sat, offset, sat, dat,
+                   dv, cv, xsv, has_off, acc)
 
     @njit(cache=True, parallel=True, fastmath=True)
-    def matmul_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
-        """out (T, n_rows) = x_hat @ W.T for W in the int8-dot layout, x_hat given by quantize_rows'
-        outputs (T rows): T_CHUNK rows a pass, row groups in parallel, TT rows a tile, the rest one by one."""
+    def matmul_int8dot_q(v, lo, q, scale, offset, xq, xd, xqs, out):
+        """out (T, n_rows) = x_hat @ W.T for W in the int8-dot layout of variant v, x_hat given by
+        quantize_rows' outputs (T rows): T_CHUNK rows a pass, row groups in parallel, TT rows a tile, the
+        rest one by one."""
         n_grp = q.shape[0]
         t_n, n_rows = out.shape
         for c0 in range(0, t_n, T_CHUNK):
@@ -691,24 +780,24 @@ if AVAILABLE:
                 nr = min(ROWS, n_rows - r0)
                 t0 = c0
                 while t0 + TT <= c1:
-                    _tile_int8dot(mode, lo, g, t0, q, scale, offset, xq, xd, xqs, dv, cv, xsv, acc)
+                    _tile_int8dot(v, lo, g, t0, q, scale, offset, xq, xd, xqs, dv, cv, xsv, acc)
                     for t in range(TT):
                         for r in range(nr):
                             out[t0 + t, r0 + r] = acc[t, r]
                     t0 += TT
                 for t1 in range(t0, c1):
-                    _groups_int8dot(mode, lo, q, scale, offset, xq[t1], xd[t1], xqs[t1], out[t1], g, g + 1)
+                    _groups_int8dot(v, lo, q, scale, offset, xq[t1], xd[t1], xqs[t1], out[t1], g, g + 1)
 else:
     @njit(cache=True)
-    def matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
+    def matvec_int8dot_q(v, lo, q, scale, offset, xq, xd, xqs, out):
         raise RuntimeError("the int8-dot kernel needs AVX2")
 
     @njit(cache=True)
-    def matmul_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out):
+    def matmul_int8dot_q(v, lo, q, scale, offset, xq, xd, xqs, out):
         raise RuntimeError("the int8-dot kernel needs AVX2")
 
     @njit(cache=True)
-    def matvec_int8dot_groups(kind, q, scale, offset, xq, xd, xqs, out, g0, g1):
+    def matvec_int8dot_groups(v, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
         raise RuntimeError("the int8-dot kernel needs AVX2")
 
 
@@ -739,24 +828,43 @@ def quantized(x):
     return xq, xd, xqs
 
 
-@njit(cache=True)
-def matmul_int8dot(kind, q, scale, offset, x, out):
-    """out (T, n_rows) = x_hat @ W.T, x float32 (T, K) quantized here to int8 per 32 columns."""
+@njit(cache=True, inline="always")
+def _variant_here(kind, scale, offset, n_cols):
+    """variant_of for a matrix's arrays, in compiled code (a run-time value)."""
+    return variant_of(kind, n_groups(scale) // (n_cols // BLOCK), offset.shape[1] > 0)
+
+
+@njit(cache=True, inline="always")
+def matmul_int8dot_v(v, kind, q, scale, offset, x, out):
+    """out (T, n_rows) = x_hat @ W.T, x float32 (T, K) quantized here to int8 per 32 columns; W of kind and
+    variant v (a constant where the caller's is: compiled for that variant alone)."""
     mode, lo = kind_mode_lo(kind)
     xq, xd, xqs = quantized(x)
-    matmul_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out)
+    matmul_int8dot_q(v, lo, q, scale, offset, xq, xd, xqs, out)
 
 
-@njit(cache=True)
-def matvec_int8dot(kind, q, scale, offset, x, out):
-    """out (n_rows,) = W @ x_hat, x float32 (K,) quantized here; kind from encode_kind."""
+@njit(cache=True, inline="always")
+def matvec_int8dot_v(v, kind, q, scale, offset, x, out):
+    """out (n_rows,) = W @ x_hat, x float32 (K,) quantized here; W as in matmul_int8dot_v."""
     mode, lo = kind_mode_lo(kind)
     k_n = x.shape[0]
     xq = np.empty(k_n, np.int8)
     xd = np.empty(k_n // BLOCK, np.float32)
     xqs = np.empty(k_n // 16, np.int32)
     quantize_activation(x, xq, xd, xqs)
-    matvec_int8dot_q(mode, lo, q, scale, offset, xq, xd, xqs, out)
+    matvec_int8dot_q(v, lo, q, scale, offset, xq, xd, xqs, out)
+
+
+@njit(cache=True)
+def matmul_int8dot(kind, q, scale, offset, x, out):
+    """matmul_int8dot_v for a matrix of any variant (kind from encode_kind): every kernel compiled in."""
+    matmul_int8dot_v(_variant_here(kind, scale, offset, x.shape[1]), kind, q, scale, offset, x, out)
+
+
+@njit(cache=True)
+def matvec_int8dot(kind, q, scale, offset, x, out):
+    """matvec_int8dot_v for a matrix of any variant (kind from encode_kind): every kernel compiled in."""
+    matvec_int8dot_v(_variant_here(kind, scale, offset, x.shape[0]), kind, q, scale, offset, x, out)
 
 
 @entry_point

@@ -19,17 +19,19 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, prange, types
+from numba.extending import overload
 
 from .ops import (attend_heads, attend_partial, attention, attention_serial, attention_split, attention_split_serial,
                   gelu_tanh_mul, merge_partials, rmsnorm, rope, silu_mul, split_parts, split_range)
-from .quantized import dequantize_row_any
-from .avx2 import (KIND_BASE, kind_is_scale16, kind_is_two_level, kind_is_vnni, matvec_int8dot, matvec_int8dot_groups,
-                   quantize_activation)
+from .quantized import dequantize_row
+from .avx2 import (KIND_BASE, SCALE16_BIT, TWO_LEVEL_BIT, VNNI_BIT, kind_is_scale16, kind_is_two_level, kind_is_vnni,
+                   kind_mode_lo, matrix_variant, matvec_int8dot, matvec_int8dot_groups, quantize_activation)
 from .repacked import packed_matmul
 from .vnni import matmul_vnni, matvec_vnni_groups
 from .simd import kv_element
 from .sync import STATE_LEN, arrive, atomic_cas, atomic_load, barrier
+from . import entry
 from .entry import entry_point, lean_caches
 
 Q, K, V, O, GATE, UP, DOWN = range(7)   # slots; Q holds q|k|v and GATE gate|up when stacked
@@ -39,8 +41,15 @@ POOLED = os.environ.get("LOCALLLM_POOLED", "1") != "0"   # decode_token_pooled w
 
 
 # columns of the matrix table
-Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, KIND, B_AT, B_LEN, PLANE = range(12)
-# (N_GROUPS, O_GROUPS: of a two-level kind the super-blocks; PLANE its planes' rows, 4 + groups a super-block)
+Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, KIND, B_AT, B_LEN, PLANE, VARIANT = range(13)
+# (N_GROUPS, O_GROUPS: of a two-level kind the super-blocks; PLANE its planes' rows, 4 + groups a super-block;
+# VARIANT: avx2.variant_of of an integer-dot kind, the kind itself otherwise)
+SLOTS = 6         # variants a pooled decoder is compiled for (_make_pooled's s0..s5; a model has 2-4)
+NONE, ANY = -1, -2   # slot values: unused; every variant, chosen at run time
+# Numba's parallel passes for a prange loop alone: none of NumPy's array expressions and slice assignments
+# turned into (here nested, so serial) parallel loops, which its passes then analyse and lower.
+PRANGE_ONLY = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False, "setitem": False,
+               "numpy": False, "stencil": False, "fusion": False}
 
 
 @njit(cache=True, inline="always")
@@ -119,11 +128,28 @@ def _linear(i, mt, qbuf, sbuf, obuf, bbuf, x, out):
 
 @njit(cache=True)
 def _embed(token, emb_raw, emb_type, emb_scale, x):
-    """x (1, D) = the token's embedding row, times emb_scale."""
-    dequantize_row_any(emb_type, emb_raw[token], x[0])
+    """x (1, D) = the token's embedding row, times emb_scale (emb_type a constant: only its dequantizer
+    compiled)."""
+    dequantize_row(emb_type, emb_raw[token], x[0])
     if emb_scale != 1.0:
         for j in range(x.shape[1]):
             x[0, j] *= emb_scale
+
+
+def _embed_as(et, token, emb_raw, emb_type, emb_scale, x):
+    """_embed, compiled for embeddings of ggml type et alone (a constant), or for emb_type's (any; et ANY)."""
+
+
+@overload(_embed_as, prefer_literal=True, inline="always")
+def _ol_embed_as(et, token, emb_raw, emb_type, emb_scale, x):
+    if isinstance(et, types.IntegerLiteral) and et.literal_value != ANY:
+        def one(et, token, emb_raw, emb_type, emb_scale, x):
+            _embed(token, emb_raw, et, emb_scale, x)
+        return one
+
+    def any_(et, token, emb_raw, emb_type, emb_scale, x):
+        _embed(token, emb_raw, emb_type, emb_scale, x)
+    return any_
 
 
 @njit(cache=True)
@@ -224,36 +250,89 @@ def decode_token(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf,
         _softcap(logits, softcap, 0, logits.shape[1])
 
 
-@njit(cache=True, inline="always")
-def _dot_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1):
+def _dot_groups(v, kind, q, sc, of, xq, xd, xqs, out, g0, g1):
     """Rows of row groups g0..g1-1 of out (1, n) for one quantized activation row (1, ...), by the
-    integer-dot kernel of the kind (VNNI or AVX2), serially."""
-    if kind_is_vnni(kind):
+    integer-dot kernel of the matrix's kind (VNNI or AVX2), serially; v its variant (a constant: that
+    kernel alone is compiled)."""
+
+
+@overload(_dot_groups, prefer_literal=True, inline="always")
+def _ol_dot_groups(v, kind, q, sc, of, xq, xd, xqs, out, g0, g1):
+    vnni_bit = v.literal_value & VNNI_BIT if isinstance(v, types.IntegerLiteral) else None
+
+    def by_vnni(v, kind, q, sc, of, xq, xd, xqs, out, g0, g1):
         matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
-    else:
-        matvec_int8dot_groups(kind, q, sc, of, xq[0], xd[0], xqs[0], out[0], g0, g1)
+
+    def by_avx2(v, kind, q, sc, of, xq, xd, xqs, out, g0, g1):
+        matvec_int8dot_groups(v, kind_mode_lo(kind)[1], q, sc, of, xq[0], xd[0], xqs[0], out[0], g0, g1)
+
+    def either(v, kind, q, sc, of, xq, xd, xqs, out, g0, g1):
+        if kind_is_vnni(kind):
+            matvec_vnni_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
+        else:
+            matvec_int8dot_groups(v, kind_mode_lo(kind)[1], q, sc, of, xq[0], xd[0], xqs[0], out[0], g0, g1)
+    return either if vnni_bit is None else by_vnni if vnni_bit else by_avx2
+
+
+def _slot(k, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
+    """Rows of row groups g0..g1-1 of out = x_hat @ W_i.T (+ b_i), x_hat given by quantize_rows' outputs
+    for one row (1, ...), for a matrix of variant k (a constant): compiled for that variant alone; for
+    k = ANY (or a run-time k) for any, chosen at run time; NONE: nothing."""
+
+
+@overload(_slot, prefer_literal=True, inline="always")
+def _ol_slot(k, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
+    kv = k.literal_value if isinstance(k, types.IntegerLiteral) else ANY
+    if kv == NONE:
+        def nothing(k, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
+            pass
+        return nothing
+    if kv == ANY:
+        def any_(k, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
+            kind, q, v = mt[i, KIND], _codes(i, mt, qbuf), mt[i, VARIANT]
+            if kind_is_scale16(kind):          # float16 scales and offsets
+                sc, of = _scales16(i, mt, sbuf, obuf)
+                _dot_groups(v, kind, q, sc, of, xq, xd, xqs, out, g0, g1)
+            elif kind_is_two_level(kind):      # two-level ones
+                sc2, of2 = _scales2l(i, mt, sbuf, obuf)
+                _dot_groups(v, kind, q, sc2, of2, xq, xd, xqs, out, g0, g1)
+            else:
+                sc, of = _scales32(i, mt, sbuf, obuf)
+                _dot_groups(v, kind, q, sc, of, xq, xd, xqs, out, g0, g1)
+            _add_bias(i, mt, bbuf, out, g0 * mt[i, ROWS], g1 * mt[i, ROWS])
+        return any_
+    scales = _scales16 if kv & SCALE16_BIT else _scales2l if kv & TWO_LEVEL_BIT else _scales32
+
+    def one(k, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
+        sc, of = scales(i, mt, sbuf, obuf)
+        _dot_groups(k, mt[i, KIND], _codes(i, mt, qbuf), sc, of, xq, xd, xqs, out, g0, g1)
+        _add_bias(i, mt, bbuf, out, g0 * mt[i, ROWS], g1 * mt[i, ROWS])
+    return one
+
+
+@njit(cache=True, inline="always")
+def _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1, s0, s1, s2, s3, s4, s5):
+    """_slot for matrix i, by the slot of its variant among s0..s5 (constants: the model's variants, NONE
+    for the unused; s0 = ANY: any variant)."""
+    v = mt[i, VARIANT]
+    if s0 == ANY or v == s0:
+        _slot(s0, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1)
+    elif v == s1:
+        _slot(s1, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1)
+    elif v == s2:
+        _slot(s2, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1)
+    elif v == s3:
+        _slot(s3, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1)
+    elif v == s4:
+        _slot(s4, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1)
+    elif v == s5:
+        _slot(s5, i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1)
 
 
 @njit(cache=True)
-def _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1):
-    """Rows of row groups g0..g1-1 of out = x_hat @ W_i.T (+ b_i), x_hat given by quantize_rows'
-    outputs for one row (1, ...). Integer-dot kinds only."""
-    kind, q = mt[i, KIND], _codes(i, mt, qbuf)
-    if kind_is_scale16(kind):          # float16 scales and offsets
-        sc, of = _scales16(i, mt, sbuf, obuf)
-        _dot_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
-    elif kind_is_two_level(kind):      # two-level ones
-        sc2, of2 = _scales2l(i, mt, sbuf, obuf)
-        _dot_groups(kind, q, sc2, of2, xq, xd, xqs, out, g0, g1)
-    else:
-        sc, of = _scales32(i, mt, sbuf, obuf)
-        _dot_groups(kind, q, sc, of, xq, xd, xqs, out, g0, g1)
-    _add_bias(i, mt, bbuf, out, g0 * mt[i, ROWS], g1 * mt[i, ROWS])
-
-
-@njit(cache=True)
-def _linear_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, nt, state):
-    """This thread's share of out = x_hat @ W_i.T (+ b_i), taken from the matrix's counter in state (slot
+def _linear_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, nt, state, s0, s1, s2, s3, s4, s5):
+    """This thread's share of out = x_hat @ W_i.T (+ b_i) (s0..s5: the variants compiled for, as in
+    _groups_share), taken from the matrix's counter in state (slot
     STATE_LEN + 8 i, the next row group) in runs of 1/nt of the groups left (guided scheduling): long
     contiguous runs first, single row groups at the end, so a thread the machine slows down takes fewer
     and the others wait at the barrier for at most one group. (Runs of 1/8 of a thread's share, fixed,
@@ -268,7 +347,7 @@ def _linear_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, nt, state):
             return
         g1 = min(g, g0 + max(1, (g - g0) // nt))
         if atomic_cas(state, slot, g0, g1):
-            _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1)
+            _groups_share(i, mt, qbuf, sbuf, obuf, bbuf, xq, xd, xqs, out, g0, g1, s0, s1, s2, s3, s4, s5)
 
 
 @njit(cache=True)
@@ -308,126 +387,151 @@ def _store_kv(qkv, k3, kc, vc, layer, k0, k1, pos, nq, nk):
             vc[layer, kvh, pos, j] = kv_element(vc, qkv[0, nq + nk + kvh * head_dim + j])
 
 
-@entry_point
-@njit(cache=True, parallel=True)
-def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf, bbuf, attn_norm, q_norm,
-                        k_norm, post_attn_norm, ffn_norm, post_ffw_norm, out_norm, head, kc, vc, cos, sin,
-                        cos_local, sin_local, windows, neox, eps, n_head, n_kv, head_dim, n_ff, gelu,
-                        attn_scale, softcap, logits, state, nt, split_from):
-    """decode_token (same arguments and results) in one parallel region of nt threads, one iteration
-    each, meeting at sync.barrier after each matrix product (5 a layer) instead of starting a region for
-    each: the threads take runs of each matrix's row groups from a counter until none are left, shorter
-    as fewer are left (_linear_share). All matrices must be of integer-dot kinds (VNNI or AVX2).
+_POOLED: dict = {}
 
-    Each thread keeps its own copy of the residual stream and computes what every thread needs (norms,
-    the activations' int8 quantization, the gate) itself, rather than wait for one to share it.
-    Attention over fewer than split_from visible keys splits by KV head (and slices of its query heads
-    when there are fewer KV heads than threads), each thread writing the cache rows of the KV heads it
-    attends with; from split_from keys on, by key range (split-K, ops.attend_partial): every thread takes
-    1/nt of the keys for all heads, and after the barrier joins the nt parts for itself. The key range
-    balances any head count (SmolLM2's 3 KV heads on 2 threads left one thread 2/3 of the work) and
-    reads each cached key once (Gemma 3's one KV head was read by both threads); at 4096 keys on a Zen 3
-    it took SmolLM2's decode from 18.1 to 15.8 ms a token and Gemma 3's from 19.5 to 18.1 (in one process,
-    alternating), and it costs nothing at 40 keys. state: int64 (sync.STATE_LEN + 8 * n_matrices,) zeros:
-    the barrier's, then a counter per matrix. Returns False, having done nothing, when the threads did
-    not run side by side (sync.arrive).
-    """
-    n_layer, d = attn_norm.shape
-    nq, nk = n_head * head_dim, n_kv * head_dim
-    group = n_head // n_kv
-    split = min(group, max(1, -(-nt // n_kv)))              # query-head slices per KV head
-    n_items = n_kv * split
-    kmax = max(d, nq, n_ff)
-    qkv = np.empty((1, nq + 2 * nk), np.float32)            # (1, q | k | v), shared
-    q3 = np.empty((1, n_head, head_dim), np.float32)        # rotated queries, shared (disjoint heads)
-    att = np.empty((1, n_head, head_dim), np.float32)       # shared
-    tmp = np.empty((1, d), np.float32)                      # o / down outputs, shared
-    gu = np.empty((1, 2 * n_ff), np.float32)                # (1, gate | up), shared
-    part_m, part_l, part_acc = split_parts(nt, n_head, head_dim)   # split-K attention's parts, a row a thread
-    ok = np.zeros(nt, np.bool_)
-    for tid in prange(nt):
-        ok[tid] = arrive(state, nt)
-        if not ok[tid]:
-            continue
-        x = np.empty((1, d), np.float32)                    # this thread's residual stream
-        h = np.empty((1, d), np.float32)
-        t2 = np.empty((1, d), np.float32)                   # the normed o / down output
-        k3 = np.empty((1, n_kv, head_dim), np.float32)
-        q_own = np.empty((1, n_head, head_dim), np.float32)   # split-K: all the rotated queries, and
-        att_own = np.empty((1, n_head, head_dim), np.float32)  # the joined attention output
-        s = np.empty((group, kc.shape[2]), np.float32)        # scores of a KV head's query heads
-        a = np.empty((1, n_ff), np.float32)
-        xq, xd, xqs = np.empty(kmax, np.int8), np.empty(kmax // 32, np.float32), np.empty(kmax // 16, np.int32)
-        _embed(token, emb_raw, emb_type, emb_scale, x)
-        for layer in range(n_layer):
-            base = layer * 7
-            rmsnorm(x, attn_norm[layer], eps, h)
-            aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
-            if mt[base + K, GROUPS] == 0:                     # stacked q|k|v
-                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv, nt, state)
-            else:
-                _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(qkv, 0, nq), nt, state)
-                _linear_share(base + K, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(qkv, nq, nq + nk), nt, state)
-                _linear_share(base + V, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(qkv, nq + nk, nq + 2 * nk),
-                              nt, state)
-            barrier(state, nt)
-            window = windows[layer]
-            lcos, lsin = (cos_local, sin_local) if window > 0 else (cos, sin)
-            j0, j1 = split_range(pos, window, 0, 1)        # the visible keys
-            if j1 - j0 >= max(split_from, 8 * nt):
-                # split-K: every thread takes a range of the visible keys for all heads; their parts are
-                # joined after the barrier (each thread joins all of them for itself)
-                _rotated(qkv, q_own, k3, 0, n_head, 0, n_kv, q_norm, k_norm, layer, eps, pos, lcos, lsin, neox)
-                if tid == nt - 1:        # the range holding this position: it writes the new cache rows
-                    _store_kv(qkv, k3, kc, vc, layer, 0, n_kv, pos, nq, nk)
-                j0, j1 = split_range(pos, window, tid, nt)
-                for kvh in range(n_kv):
-                    attend_partial(q_own, kc[layer], vc[layer], kvh, kvh * group, (kvh + 1) * group, j0, j1,
-                                   attn_scale, s, part_m[tid], part_l[tid], part_acc[tid])
+
+def pooled_decoder(slots: tuple, emb_type: int):
+    """decode_token_pooled compiled for the matrix variants in slots (SLOTS ints: a model's variants, NONE
+    after them; or ANY first, for any) and token embeddings of ggml type emb_type; memoized. These are
+    the closure's constants, so each model's set has its own entry in Numba's cache, and only the kernels
+    they need are compiled (avx2.rows_v; one row dequantizer where dequantize_row_any holds 13): SmolLM2's
+    first token compiled in ~N s instead of 74 (Zen 3)."""
+    key = (*slots, emb_type)
+    fn = _POOLED.get(key)
+    if fn is None:
+        fn = _POOLED[key] = _make_pooled(*key)
+    return fn
+
+
+def _make_pooled(s0, s1, s2, s3, s4, s5, et):
+    @entry_point
+    @njit(cache=True, parallel=PRANGE_ONLY)
+    def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf, bbuf, attn_norm, q_norm,
+                            k_norm, post_attn_norm, ffn_norm, post_ffw_norm, out_norm, head, kc, vc, cos, sin,
+                            cos_local, sin_local, windows, neox, eps, n_head, n_kv, head_dim, n_ff, gelu,
+                            attn_scale, softcap, logits, state, nt, split_from):
+        """decode_token (same arguments and results) in one parallel region of nt threads, one iteration
+        each, meeting at sync.barrier after each matrix product (5 a layer) instead of starting a region for
+        each: the threads take runs of each matrix's row groups from a counter until none are left, shorter
+        as fewer are left (_linear_share). All matrices must be of integer-dot kinds (VNNI or AVX2).
+
+        Each thread keeps its own copy of the residual stream and computes what every thread needs (norms,
+        the activations' int8 quantization, the gate) itself, rather than wait for one to share it.
+        Attention over fewer than split_from visible keys splits by KV head (and slices of its query heads
+        when there are fewer KV heads than threads), each thread writing the cache rows of the KV heads it
+        attends with; from split_from keys on, by key range (split-K, ops.attend_partial): every thread takes
+        1/nt of the keys for all heads, and after the barrier joins the nt parts for itself. The key range
+        balances any head count (SmolLM2's 3 KV heads on 2 threads left one thread 2/3 of the work) and
+        reads each cached key once (Gemma 3's one KV head was read by both threads); at 4096 keys on a Zen 3
+        it took SmolLM2's decode from 18.1 to 15.8 ms a token and Gemma 3's from 19.5 to 18.1 (in one process,
+        alternating), and it costs nothing at 40 keys. state: int64 (sync.STATE_LEN + 8 * n_matrices,) zeros:
+        the barrier's, then a counter per matrix. Returns False, having done nothing, when the threads did
+        not run side by side (sync.arrive).
+        """
+        n_layer, d = attn_norm.shape
+        nq, nk = n_head * head_dim, n_kv * head_dim
+        group = n_head // n_kv
+        split = min(group, max(1, -(-nt // n_kv)))              # query-head slices per KV head
+        n_items = n_kv * split
+        kmax = max(d, nq, n_ff)
+        qkv = np.empty((1, nq + 2 * nk), np.float32)            # (1, q | k | v), shared
+        q3 = np.empty((1, n_head, head_dim), np.float32)        # rotated queries, shared (disjoint heads)
+        att = np.empty((1, n_head, head_dim), np.float32)       # shared
+        tmp = np.empty((1, d), np.float32)                      # o / down outputs, shared
+        gu = np.empty((1, 2 * n_ff), np.float32)                # (1, gate | up), shared
+        part_m, part_l, part_acc = split_parts(nt, n_head, head_dim)   # split-K attention's parts, a row a thread
+        ok = np.zeros(nt, np.bool_)
+        for tid in prange(nt):
+            ok[tid] = arrive(state, nt)
+            if not ok[tid]:
+                continue
+            x = np.empty((1, d), np.float32)                    # this thread's residual stream
+            h = np.empty((1, d), np.float32)
+            t2 = np.empty((1, d), np.float32)                   # the normed o / down output
+            k3 = np.empty((1, n_kv, head_dim), np.float32)
+            q_own = np.empty((1, n_head, head_dim), np.float32)   # split-K: all the rotated queries, and
+            att_own = np.empty((1, n_head, head_dim), np.float32)  # the joined attention output
+            s = np.empty((group, kc.shape[2]), np.float32)        # scores of a KV head's query heads
+            a = np.empty((1, n_ff), np.float32)
+            xq, xd, xqs = np.empty(kmax, np.int8), np.empty(kmax // 32, np.float32), np.empty(kmax // 16, np.int32)
+            _embed_as(et, token, emb_raw, emb_type, emb_scale, x)
+            for layer in range(n_layer):
+                base = layer * 7
+                rmsnorm(x, attn_norm[layer], eps, h)
+                aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
+                if mt[base + K, GROUPS] == 0:                     # stacked q|k|v
+                    _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, qkv,
+                                  nt, state, s0, s1, s2, s3, s4, s5)
+                else:
+                    _linear_share(base + Q, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(qkv, 0, nq),
+                                  nt, state, s0, s1, s2, s3, s4, s5)
+                    _linear_share(base + K, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(qkv, nq, nq + nk),
+                                  nt, state, s0, s1, s2, s3, s4, s5)
+                    _linear_share(base + V, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(qkv, nq + nk, nq + 2 * nk),
+                                  nt, state, s0, s1, s2, s3, s4, s5)
                 barrier(state, nt)
-                merge_partials(part_m, part_l, part_acc, att_own[0])
-                aq, ad, aqs = _quantize(att_own.reshape(1, nq), nq, xq, xd, xqs)
-            else:
-                # by KV head (and slices of its query heads), each thread writing the cache rows it reads
-                for item in range(tid * n_items // nt, (tid + 1) * n_items // nt):
-                    kvh, c = item // split, item % split
-                    h0 = kvh * group + c * group // split
-                    h1 = kvh * group + (c + 1) * group // split
-                    _rotated(qkv, q3, k3, h0, h1, kvh, kvh + 1, q_norm, k_norm, layer, eps, pos, lcos, lsin, neox)
-                    _store_kv(qkv, k3, kc, vc, layer, kvh, kvh + 1, pos, nq, nk)
-                    attend_heads(q3, kc[layer], vc[layer], pos, attn_scale, window, att, 0, kvh, h0, h1)
+                window = windows[layer]
+                lcos, lsin = (cos_local, sin_local) if window > 0 else (cos, sin)
+                j0, j1 = split_range(pos, window, 0, 1)        # the visible keys
+                if j1 - j0 >= max(split_from, 8 * nt):
+                    # split-K: every thread takes a range of the visible keys for all heads; their parts are
+                    # joined after the barrier (each thread joins all of them for itself)
+                    _rotated(qkv, q_own, k3, 0, n_head, 0, n_kv, q_norm, k_norm, layer, eps, pos, lcos, lsin, neox)
+                    if tid == nt - 1:        # the range holding this position: it writes the new cache rows
+                        _store_kv(qkv, k3, kc, vc, layer, 0, n_kv, pos, nq, nk)
+                    j0, j1 = split_range(pos, window, tid, nt)
+                    for kvh in range(n_kv):
+                        attend_partial(q_own, kc[layer], vc[layer], kvh, kvh * group, (kvh + 1) * group, j0, j1,
+                                       attn_scale, s, part_m[tid], part_l[tid], part_acc[tid])
+                    barrier(state, nt)
+                    merge_partials(part_m, part_l, part_acc, att_own[0])
+                    aq, ad, aqs = _quantize(att_own.reshape(1, nq), nq, xq, xd, xqs)
+                else:
+                    # by KV head (and slices of its query heads), each thread writing the cache rows it reads
+                    for item in range(tid * n_items // nt, (tid + 1) * n_items // nt):
+                        kvh, c = item // split, item % split
+                        h0 = kvh * group + c * group // split
+                        h1 = kvh * group + (c + 1) * group // split
+                        _rotated(qkv, q3, k3, h0, h1, kvh, kvh + 1, q_norm, k_norm, layer, eps, pos, lcos, lsin, neox)
+                        _store_kv(qkv, k3, kc, vc, layer, kvh, kvh + 1, pos, nq, nk)
+                        attend_heads(q3, kc[layer], vc[layer], pos, attn_scale, window, att, 0, kvh, h0, h1)
+                    barrier(state, nt)
+                    aq, ad, aqs = _quantize(att.reshape(1, nq), nq, xq, xd, xqs)
+                _linear_share(base + O, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, nt, state, s0, s1, s2, s3, s4, s5)
                 barrier(state, nt)
-                aq, ad, aqs = _quantize(att.reshape(1, nq), nq, xq, xd, xqs)
-            _linear_share(base + O, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, nt, state)
-            barrier(state, nt)
-            _add_residual(x, tmp, post_attn_norm, layer, eps, t2)
-            rmsnorm(x, ffn_norm[layer], eps, h)
+                _add_residual(x, tmp, post_attn_norm, layer, eps, t2)
+                rmsnorm(x, ffn_norm[layer], eps, h)
+                aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
+                if mt[base + UP, GROUPS] == 0:                    # stacked gate|up
+                    _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu,
+                                  nt, state, s0, s1, s2, s3, s4, s5)
+                else:
+                    _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(gu, 0, n_ff),
+                                  nt, state, s0, s1, s2, s3, s4, s5)
+                    _linear_share(base + UP, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(gu, n_ff, 2 * n_ff),
+                                  nt, state, s0, s1, s2, s3, s4, s5)
+                barrier(state, nt)
+                if gelu:
+                    gelu_tanh_mul(_cols(gu, 0, n_ff), _cols(gu, n_ff, 2 * n_ff), a)
+                else:
+                    silu_mul(_cols(gu, 0, n_ff), _cols(gu, n_ff, 2 * n_ff), a)
+                aq, ad, aqs = _quantize(a, n_ff, xq, xd, xqs)
+                _linear_share(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp,
+                              nt, state, s0, s1, s2, s3, s4, s5)
+                barrier(state, nt)
+                _add_residual(x, tmp, post_ffw_norm, layer, eps, t2)
+            rmsnorm(x, out_norm, eps, h)
             aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
-            if mt[base + UP, GROUPS] == 0:                    # stacked gate|up
-                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, gu, nt, state)
-            else:
-                _linear_share(base + GATE, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(gu, 0, n_ff), nt, state)
-                _linear_share(base + UP, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, _cols(gu, n_ff, 2 * n_ff), nt, state)
-            barrier(state, nt)
-            if gelu:
-                gelu_tanh_mul(_cols(gu, 0, n_ff), _cols(gu, n_ff, 2 * n_ff), a)
-            else:
-                silu_mul(_cols(gu, 0, n_ff), _cols(gu, n_ff, 2 * n_ff), a)
-            aq, ad, aqs = _quantize(a, n_ff, xq, xd, xqs)
-            _linear_share(base + DOWN, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, tmp, nt, state)
-            barrier(state, nt)
-            _add_residual(x, tmp, post_ffw_norm, layer, eps, t2)
-        rmsnorm(x, out_norm, eps, h)
-        aq, ad, aqs = _quantize(h, d, xq, xd, xqs)
-        _linear_share(head, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, logits, nt, state)
-        if softcap > 0:
-            barrier(state, nt)
-            n_vocab = logits.shape[1]
-            _softcap(logits, softcap, tid * n_vocab // nt, (tid + 1) * n_vocab // nt)
-    for tid in range(nt):                    # (not ok.all(): its cached code imports numba.np.arraymath)
-        if not ok[tid]:
-            return False
-    return True
+            _linear_share(head, mt, qbuf, sbuf, obuf, bbuf, aq, ad, aqs, logits, nt, state, s0, s1, s2, s3, s4, s5)
+            if softcap > 0:
+                barrier(state, nt)
+                n_vocab = logits.shape[1]
+                _softcap(logits, softcap, tid * n_vocab // nt, (tid + 1) * n_vocab // nt)
+        for tid in range(nt):                # (not ok.all(): its cached code imports numba.np.arraymath)
+            if not ok[tid]:
+                return False
+        return True
+    return decode_token_pooled
 
 
 def pack_buffers(linears):
@@ -438,7 +542,7 @@ def pack_buffers(linears):
 
     if any(lin is not None and lin.packed is None for lin in linears):
         return None
-    mt = np.zeros((len(linears), 12), np.int64)
+    mt = np.zeros((len(linears), 13), np.int64)
     sizes = np.zeros(4, np.int64)       # running lengths of q, scale and offset (bytes, aligned), bias
     for i, lin in enumerate(linears):
         if lin is None:
@@ -448,14 +552,15 @@ def pack_buffers(linears):
         g, x, r = pm.codes.shape
         mt[i] = (sizes[0], g, x, r, sizes[1], pm.scale.shape[1], sizes[2], pm.offset.shape[1],
                  pm.kind, sizes[3], 0 if lin.bias is None else lin.bias.size,
-                 pm.scale.shape[2] if pm.scale.ndim == 4 else 0)
+                 pm.scale.shape[2] if pm.scale.ndim == 4 else 0,
+                 matrix_variant(pm.kind, pm.scale, pm.offset, pm.n_cols) if pm.kind >= KIND_BASE else pm.kind)
         sizes += (_aligned(pm.codes.nbytes), _aligned(pm.scale.nbytes), _aligned(pm.offset.nbytes), mt[i, B_LEN])
     qbuf, sbuf, obuf = (np.zeros(n, np.uint8) for n in sizes[:3])
     bbuf = np.empty(sizes[3], np.float32)
     for i, lin in enumerate(linears):
         if lin is None:
             continue
-        pm, (qa, g, x, r, sa, ng, oa, ong, _, ba, bl, _) = lin.packed, mt[i]
+        pm, (qa, g, x, r, sa, ng, oa, ong, _, ba, bl, _, _) = lin.packed, mt[i]
         qv = qbuf[qa:qa + pm.codes.size].reshape(pm.codes.shape)
         qv[...] = pm.codes
         if pm.dot is None:
@@ -620,16 +725,23 @@ class FusedDecoder:
         self._state = np.zeros(STATE_LEN + 8 * len(self.mt), np.int64)   # barrier, then a counter a matrix
         self._pool_failures = 0
         self.split_from = SPLIT_FROM
+        variants = sorted({int(v) for v in self.mt[self.mt[:, GROUPS] > 0, VARIANT]})
+        if len(variants) > SLOTS or not entry.SPECIALIZE:      # (SLOTS lowered by a test: still six slots)
+            variants = [ANY]
+        self.pooled_fn = None       # pooled_decoder's, once the embedding's type is known (decode)
+        self._slots = (*variants, *[NONE] * (6 - len(variants)))
         return self
 
     def decode(self, *args) -> None:
-        """decode_token(*args): in one region of the pool (decode_token_pooled) where every matrix has an
-        integer-dot kind and there is more than one thread, else one region per product. Three regions
-        whose threads did not run side by side turn the pooled form off for this model."""
+        """decode_token(*args): in one region of the pool (decode_token_pooled, compiled for this model's
+        matrix variants) where every matrix has an integer-dot kind, else one region per product. Three
+        regions whose threads did not run side by side turn the pooled form off for this model."""
         nt = get_num_threads()
-        if self.pooled and nt > 1:
+        if self.pooled:
+            if self.pooled_fn is None:
+                self.pooled_fn = pooled_decoder(self._slots, int(args[3]) if entry.SPECIALIZE else ANY)  # emb_type
             self._state[:] = 0
-            if decode_token_pooled(*args, self._state, nt, self.split_from):
+            if self.pooled_fn(*args, self._state, nt, self.split_from):
                 return
             self._pool_failures += 1
             self.pooled = self._pool_failures < 3

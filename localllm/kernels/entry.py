@@ -64,6 +64,11 @@ def sources_digest() -> str:
 
 CODE_SWITCHES = ("LOCALLLM_F16C",)   # environment variables that change compiled code (simd.F16C)
 
+# Compile the integer-dot kernels, the pooled decoder and the row dequantizers for the formats a model
+# has (avx2.rows_v): a first run compiles ~40 % less. LOCALLLM_SPECIALIZE=0: for every format at once,
+# one compile shared by all models (the test suite's default, whose tiny models span every format).
+SPECIALIZE = os.environ.get("LOCALLLM_SPECIALIZE", "1") != "0"
+
 
 class LeanCache(FunctionCache):
     """Numba's cache of a function, loading without the context refresh and keyed on all the kernel

@@ -7,13 +7,15 @@ format adds one branch here and registers its traits in its own module.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..quants.floats import dequantize_row_bf16, dequantize_row_f16, dequantize_row_f32
 from ..quants.legacy import (dequantize_row_q4_0, dequantize_row_q4_1, dequantize_row_q5_0,
                              dequantize_row_q5_1, dequantize_row_q8_0)
 from ..quants.kquants import (dequantize_row_q2_k, dequantize_row_q3_k, dequantize_row_q4_k,
                               dequantize_row_q5_k, dequantize_row_q6_k)
+from . import entry
 from .entry import entry_point, lean_caches
 
 ROWS_PER_TASK = 16  # rows one thread handles per step: enough work to amortise the row buffer
@@ -52,20 +54,94 @@ def dequantize_row_any(type_id, raw, out):
         raise ValueError("ggml type has no kernel")
 
 
+_ROW_KERNELS = {0: dequantize_row_f32, 1: dequantize_row_f16, 30: dequantize_row_bf16, 2: dequantize_row_q4_0,
+                3: dequantize_row_q4_1, 6: dequantize_row_q5_0, 7: dequantize_row_q5_1, 8: dequantize_row_q8_0,
+                10: dequantize_row_q2_k, 11: dequantize_row_q3_k, 12: dequantize_row_q4_k, 13: dequantize_row_q5_k,
+                14: dequantize_row_q6_k}
+
+
+def dequantize_row(type_id, raw, out):
+    """dequantize_row_any, compiled for that type's dequantizer alone where type_id is a compile-time
+    constant (Numba prunes no branch on a constant's value: the switch would compile all 13)."""
+
+
+@overload(dequantize_row, prefer_literal=True)
+def _ol_dequantize_row(type_id, raw, out):
+    if not isinstance(type_id, types.IntegerLiteral):
+        def any_(type_id, raw, out):
+            dequantize_row_any(type_id, raw, out)
+        return any_
+    kernel = _ROW_KERNELS.get(type_id.literal_value)
+    if kernel is None:
+        def unknown(type_id, raw, out):
+            raise ValueError("ggml type has no kernel")
+        return unknown
+
+    def one(type_id, raw, out):
+        kernel(raw, out)
+    return one
+
+
+_BY_TYPE: dict = {}
+
+
+def dequantize_rows(type_id: int, w: np.ndarray, out: np.ndarray) -> None:
+    """w uint8 (n_rows, row_bytes) of ggml type type_id -> out float32 (n_rows, n_cols)."""
+    if not entry.SPECIALIZE:
+        _dequantize_rows_any(type_id, w, out)
+        return
+    fn = _BY_TYPE.get(("rows", type_id))
+    if fn is None:
+        fn = _BY_TYPE["rows", type_id] = _rows_of(type_id)
+    fn(w, out)
+
+
+def gather_rows(type_id: int, w: np.ndarray, ids: np.ndarray, out: np.ndarray) -> None:
+    """Embedding lookup: out[i] = dequantized row ids[i] of w (ggml type type_id); out float32
+    (len(ids), n_cols)."""
+    if not entry.SPECIALIZE:
+        _gather_rows_any(type_id, w, ids, out)
+        return
+    fn = _BY_TYPE.get(("gather", type_id))
+    if fn is None:
+        fn = _BY_TYPE["gather", type_id] = _gather_of(type_id)
+    fn(w, ids, out)
+
+
 @entry_point
 @njit(cache=True, parallel=True)
-def dequantize_rows(type_id, w, out):
-    """w uint8 (n_rows, row_bytes) -> out float32 (n_rows, n_cols)."""
+def _dequantize_rows_any(type_id, w, out):
     for r in prange(w.shape[0]):
         dequantize_row_any(type_id, w[r], out[r])
 
 
 @entry_point
 @njit(cache=True)
-def gather_rows(type_id, w, ids, out):
-    """Embedding lookup: out[i] = dequantized row ids[i] of w; out float32 (len(ids), n_cols)."""
+def _gather_rows_any(type_id, w, ids, out):
     for i in range(ids.shape[0]):
         dequantize_row_any(type_id, w[ids[i]], out[i])
+
+
+# Compiled for one ggml type each, the closure's constant (its own entry in Numba's cache), so that
+# dequantize_row compiles that format's dequantizer alone, where a run-time type_id compiles all 13
+# (~13 s of a first run).
+
+def _rows_of(type_id: int):
+    @entry_point
+    @njit(cache=True, parallel=True)
+    def dequantize_rows_of(w, out):
+        for r in prange(w.shape[0]):
+            dequantize_row(type_id, w[r], out[r])
+    return dequantize_rows_of
+
+
+def _gather_of(type_id: int):
+    @entry_point
+    @njit(cache=True)
+    def gather_rows_of(w, ids, out):
+        for i in range(ids.shape[0]):
+            dequantize_row(type_id, w[ids[i]], out[i])
+    return gather_rows_of
 
 
 @entry_point

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from . import avx2, vnni
+from . import avx2, entry, vnni
 from .simd import LANES, fma_int8x32, fma_nibbles32
 from .entry import entry_point, lean_caches
 
@@ -316,6 +316,12 @@ def packed_matmul(kind, q, scale, offset, x, out):
         for t in range(x.shape[0]):
             avx2.matvec_int8dot(kind, q, scale, offset, x[t], out[t])
         return
+    _float_matmul(kind, q, scale, offset, x, out)
+
+
+@njit(cache=True)
+def _float_matmul(kind, q, scale, offset, x, out):
+    """packed_matmul for the float kinds (0 int8 codes, 1 nibbles)."""
     ng = scale.shape[1]
     xsum = np.empty((x.shape[0], ng if offset.shape[1] > 0 else 0), np.float32)
     if offset.shape[1] > 0:
@@ -329,8 +335,9 @@ def packed_matmul(kind, q, scale, offset, x, out):
 @entry_point
 @njit(cache=True)
 def _packed_matmul_py(kind, q, scale, offset, x, out):
-    """`packed_matmul` as Python calls it (packed_matmul itself is also called from decode_token)."""
-    packed_matmul(kind, q, scale, offset, x, out)
+    """`packed_matmul` as Python calls it for the float kinds (the integer-dot ones have entry points of
+    their own, so that this one compiles none of their kernels)."""
+    _float_matmul(kind, q, scale, offset, x, out)
 
 
 @entry_point
@@ -343,17 +350,44 @@ def _matmul_vnni_py(kind, q, scale, offset, x, out):
 @entry_point
 @njit(cache=True)
 def _matmul_int8dot_py(kind, q, scale, offset, x, out):
-    """The AVX2 integer-dot kernels: the decode one for one row, the tiled one for more."""
+    """The AVX2 integer-dot kernels of every variant, chosen at run time (entry.SPECIALIZE off)."""
     if x.shape[0] == 1:
         avx2.matvec_int8dot(kind, q, scale, offset, x[0], out[0])
     else:
         avx2.matmul_int8dot(kind, q, scale, offset, x, out)
 
 
+_INT8DOT_ENTRIES: dict = {}
+
+
+def int8dot_entry(v: int):
+    """The AVX2 integer-dot product as Python calls it, compiled for matrices of variant v alone
+    (avx2.variant_of; the closure's constant, so each variant has its own cache entry): the decode
+    kernel for one row, the tiled one for more. Memoized."""
+    fn = _INT8DOT_ENTRIES.get(v)
+    if fn is None:
+        @entry_point
+        @njit(cache=True)
+        def matmul_int8dot_entry(kind, q, scale, offset, x, out):
+            if x.shape[0] == 1:
+                avx2.matvec_int8dot_v(v, kind, q, scale, offset, x[0], out[0])
+            else:
+                avx2.matmul_int8dot_v(v, kind, q, scale, offset, x, out)
+        fn = _INT8DOT_ENTRIES[v] = matmul_int8dot_entry
+    return fn
+
+
 def matmul_packed(pm: PackedMatrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out (T, n_rows) = x (T, n_cols) @ W.T."""
     if pm.dot is not None:
-        (_matmul_vnni_py if pm.dot.vnni else _matmul_int8dot_py)(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
+        if pm.dot.vnni:
+            _matmul_vnni_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
+        elif entry.SPECIALIZE:
+            kind = pm.kind
+            int8dot_entry(avx2.matrix_variant(kind, pm.scale, pm.offset, pm.n_cols))(
+                kind, pm.codes, pm.scale, pm.offset, x, out)
+        else:
+            _matmul_int8dot_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
         return out
     _packed_matmul_py(pm.kind, pm.codes, pm.scale, pm.offset, x, out)
     return out
