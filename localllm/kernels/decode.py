@@ -46,10 +46,6 @@ Q_AT, GROUPS, COLS, ROWS, S_AT, N_GROUPS, O_AT, O_GROUPS, KIND, B_AT, B_LEN, PLA
 # VARIANT: avx2.variant_of of an integer-dot kind, the kind itself otherwise)
 SLOTS = 6         # variants a pooled decoder is compiled for (_make_pooled's s0..s5; a model has 2-4)
 NONE, ANY = -1, -2   # slot values: unused; every variant, chosen at run time
-# Numba's parallel passes for a prange loop alone: none of NumPy's array expressions and slice assignments
-# turned into (here nested, so serial) parallel loops, which its passes then analyse and lower.
-PRANGE_ONLY = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False, "setitem": False,
-               "numpy": False, "stencil": False, "fusion": False}
 
 
 @njit(cache=True, inline="always")
@@ -405,7 +401,7 @@ def pooled_decoder(slots: tuple, emb_type: int):
 
 def _make_pooled(s0, s1, s2, s3, s4, s5, et):
     @entry_point
-    @njit(cache=True, parallel=PRANGE_ONLY)
+    @njit(cache=True, parallel=True)
     def decode_token_pooled(token, pos, emb_raw, emb_type, emb_scale, mt, qbuf, sbuf, obuf, bbuf, attn_norm, q_norm,
                             k_norm, post_attn_norm, ffn_norm, post_ffw_norm, out_norm, head, kc, vc, cos, sin,
                             cos_local, sin_local, windows, neox, eps, n_head, n_kv, head_dim, n_ff, gelu,
