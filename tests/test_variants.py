@@ -67,6 +67,30 @@ def test_one_variant_matches_the_run_time_choice(fmt):
             np.testing.assert_array_equal(one[0], want)
 
 
+_V_Q4_1 = avx2.variant_of.py_func(avx2.encode_kind(avx2.NIBBLES, 0, scale16=True), 1, True)
+
+
+@njit
+def _tiles(n, q, xq, scale, offset, dv, cv, xsv, acc):
+    for b in range(n):                            # a loop over blocks, as the prefill kernel's
+        avx2.tile_v(_V_Q4_1, q, 0, xq, 0, 32, scale, 0, offset, 0, 0, dv, cv, xsv, True, acc)
+
+
+@needs_avx2
+def test_the_prefill_tile_kernel_is_inlined():
+    """tile_v's kernel goes into the loop that calls it once a block: compiled as a function of its own
+    and called there, prefill ran 10-25 % slower (avx2.py, above _ol_tile_v)."""
+    fmt = FORMATS[3]                              # Q4_1: nibbles, offsets, float16 scales, one half
+    pm = _packed(fmt, R, 256)
+    assert avx2.matrix_variant(pm.kind, pm.scale, pm.offset, pm.n_cols) == _V_Q4_1
+    tt = avx2.TT
+    _tiles(0, pm.codes, np.zeros((tt, 256), np.int8), pm.scale, pm.offset, np.zeros(tt, np.float32),
+           np.zeros(2 * tt, np.int32), np.zeros(2 * tt, np.float32), np.zeros((tt, R), np.float32))
+    (ir,) = _tiles.inspect_llvm().values()
+    assert "llvm.x86.avx2.pmadd.ub.sw" in ir      # the kernel's code is there
+    assert "_ol_tile_v" not in ir                 # and no function of the overload's is left to call
+
+
 @njit
 def _gather_any(type_id, w, ids, out):
     for i in range(ids.shape[0]):                 # type_id a run-time value: the switch over all types
