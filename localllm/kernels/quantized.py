@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ..quants import FORMATS, _load_all
 from ..quants.floats import dequantize_row_bf16, dequantize_row_f16, dequantize_row_f32
 from ..quants.legacy import (dequantize_row_q4_0, dequantize_row_q4_1, dequantize_row_q5_0,
                              dequantize_row_q5_1, dequantize_row_q8_0)
@@ -54,12 +55,6 @@ def dequantize_row_any(type_id, raw, out):
         raise ValueError("ggml type has no kernel")
 
 
-_ROW_KERNELS = {0: dequantize_row_f32, 1: dequantize_row_f16, 30: dequantize_row_bf16, 2: dequantize_row_q4_0,
-                3: dequantize_row_q4_1, 6: dequantize_row_q5_0, 7: dequantize_row_q5_1, 8: dequantize_row_q8_0,
-                10: dequantize_row_q2_k, 11: dequantize_row_q3_k, 12: dequantize_row_q4_k, 13: dequantize_row_q5_k,
-                14: dequantize_row_q6_k}
-
-
 def dequantize_row(type_id, raw, out):
     """dequantize_row_any, compiled for that type's dequantizer alone where type_id is a compile-time
     constant (Numba prunes no branch on a constant's value: the switch would compile all 13)."""
@@ -71,11 +66,13 @@ def _ol_dequantize_row(type_id, raw, out):
         def any_(type_id, raw, out):
             dequantize_row_any(type_id, raw, out)
         return any_
-    kernel = _ROW_KERNELS.get(type_id.literal_value)
-    if kernel is None:
+    _load_all()
+    fmt = FORMATS.get(type_id.literal_value)        # the registry's kernel for that type
+    if fmt is None:
         def unknown(type_id, raw, out):
             raise ValueError("ggml type has no kernel")
         return unknown
+    kernel = fmt.dequantize_row
 
     def one(type_id, raw, out):
         kernel(raw, out)
@@ -85,27 +82,29 @@ def _ol_dequantize_row(type_id, raw, out):
 _BY_TYPE: dict = {}
 
 
+def _of_type(make, type_id: int):
+    """make(type_id), memoized: the entry point compiled for one ggml type."""
+    fn = _BY_TYPE.get((make, type_id))
+    if fn is None:
+        fn = _BY_TYPE[make, type_id] = make(type_id)
+    return fn
+
+
 def dequantize_rows(type_id: int, w: np.ndarray, out: np.ndarray) -> None:
     """w uint8 (n_rows, row_bytes) of ggml type type_id -> out float32 (n_rows, n_cols)."""
-    if not entry.SPECIALIZE:
+    if entry.SPECIALIZE:
+        _of_type(_rows_of, type_id)(w, out)
+    else:
         _dequantize_rows_any(type_id, w, out)
-        return
-    fn = _BY_TYPE.get(("rows", type_id))
-    if fn is None:
-        fn = _BY_TYPE["rows", type_id] = _rows_of(type_id)
-    fn(w, out)
 
 
 def gather_rows(type_id: int, w: np.ndarray, ids: np.ndarray, out: np.ndarray) -> None:
     """Embedding lookup: out[i] = dequantized row ids[i] of w (ggml type type_id); out float32
     (len(ids), n_cols)."""
-    if not entry.SPECIALIZE:
+    if entry.SPECIALIZE:
+        _of_type(_gather_of, type_id)(w, ids, out)
+    else:
         _gather_rows_any(type_id, w, ids, out)
-        return
-    fn = _BY_TYPE.get(("gather", type_id))
-    if fn is None:
-        fn = _BY_TYPE["gather", type_id] = _gather_of(type_id)
-    fn(w, ids, out)
 
 
 @entry_point
