@@ -17,6 +17,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +35,27 @@ print(json.dumps(run_bench(cfg["model"], n_threads=cfg["threads"], reps=cfg["rep
                            n_gen=cfg["n_gen"], cold_start=cfg["cold_start"], n_depth=cfg["n_depth"])))
 """
 
+# The same in paired mode: loaded once, then one timed repetition per request on stdin (_Worker).
+_LOCALLLM_SERVE = """
+import json, sys
+from localllm.bench import BenchSession
+cfg = json.loads(sys.argv[1])
+s = BenchSession(cfg["model"], n_threads=cfg["threads"], n_prompt=cfg["n_prompt"], n_gen=cfg["n_gen"],
+                 seed=cfg["seed"], n_depth=cfg["n_depth"])
+print(cfg["reply"] + json.dumps(s.info), flush=True)
+for line in sys.stdin:
+    cmd = line.strip()
+    print(cfg["reply"] + json.dumps(s.finish(cfg["cold_start"]) if cmd == "end" else {"rate": s.rate(cmd)}),
+          flush=True)
+    if cmd == "end":
+        break
+"""
+
 # Runs in the llama-cpp-python interpreter: test_prompt / test_gen of llama-bench.cpp, in Python over ctypes.
 _LLAMA_CPP = r"""
 import json, os, random, resource, statistics, subprocess, sys, time
 cfg = json.loads(sys.argv[1])
+REPLY = cfg.get("reply", "")
 import llama_cpp as C
 from llama_cpp import Llama
 
@@ -92,34 +110,49 @@ def timed(fn, n):
 def mean_sd(rates):
     return statistics.fmean(rates), (statistics.stdev(rates) if len(rates) > 1 else 0.0)
 
+warm = set()
+
+def rate(kind):    # one timed repetition of "pp" or "tg", an untimed warm-up before the first of each kind
+    fn, n = (test_prompt, n_prompt) if kind == "pp" else (test_gen, n_gen)
+    if kind not in warm:
+        timed(fn, n if kind == "pp" else 1)
+        warm.add(kind)
+    return timed(fn, n)
+
+def finish():
+    end = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cold_start_s": None}
+    if cfg["cold_start"]:
+        # time to first token of a short chat prompt in a fresh process, as localllm.bench.cold_start_s
+        code = ("import os, sys; from llama_cpp import Llama; "
+                f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False, "
+                f"flash_attn={fa}); "
+                "next(llm.create_chat_completion([{'role': 'user', 'content': 'Why is the sky blue?'}], "
+                "max_tokens=1, temperature=0, stream=True)); print('first token', flush=True); os._exit(0)")
+        # (the second of two launches, bytecode cache allowed, as localllm.bench.cold_start_s)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        for _ in range(2):
+            t = time.perf_counter()
+            with subprocess.Popen([sys.executable, "-c", code, cfg["model"]], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, env=env) as p:
+                line = p.stdout.readline()
+                end["cold_start_s"] = time.perf_counter() - t if line else None
+    return end
+
 out = {"llama_cpp_version": C.__version__, "threads": threads, "load_s": load_s, "n_depth": depth}
-if n_prompt:
-    timed(test_prompt, n_prompt)
-    rates = [timed(test_prompt, n_prompt) for _ in range(cfg["reps"])]
-    out[f"pp{n_prompt}"], out[f"pp{n_prompt}_sd"] = mean_sd(rates)
-    out[f"pp{n_prompt}_samples"] = rates
-if n_gen:
-    timed(test_gen, 1)
-    rates = [timed(test_gen, n_gen) for _ in range(cfg["reps"])]
-    out[f"tg{n_gen}"], out[f"tg{n_gen}_sd"] = mean_sd(rates)
-    out[f"tg{n_gen}_samples"] = rates
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-out["cold_start_s"] = None
-if cfg["cold_start"]:
-    # time to first token of a short chat prompt in a fresh process, as localllm.bench.cold_start_s
-    code = ("import os, sys; from llama_cpp import Llama; "
-            f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False, "
-            f"flash_attn={fa}); "
-            "next(llm.create_chat_completion([{'role': 'user', 'content': 'Why is the sky blue?'}], "
-            "max_tokens=1, temperature=0, stream=True)); print('first token', flush=True); os._exit(0)")
-    # (the second of two launches, bytecode cache allowed, as localllm.bench.cold_start_s)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    for _ in range(2):
-        t = time.perf_counter()
-        with subprocess.Popen([sys.executable, "-c", code, cfg["model"]], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=env) as p:
-            line = p.stdout.readline()
-            out["cold_start_s"] = time.perf_counter() - t if line else None
+if cfg.get("serve"):      # paired mode: one repetition per request on stdin (compare.py's _Worker)
+    print(REPLY + json.dumps(out), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        print(REPLY + json.dumps(finish() if cmd == "end" else {"rate": rate(cmd)}), flush=True)
+        if cmd == "end":
+            break
+    sys.exit(0)
+for kind, n in (("pp", n_prompt), ("tg", n_gen)):
+    if n:
+        rates = [rate(kind) for _ in range(cfg["reps"])]
+        out[f"{kind}{n}"], out[f"{kind}{n}_sd"] = mean_sd(rates)
+        out[f"{kind}{n}_samples"] = rates
+out.update(finish())
 print(json.dumps(out))
 """
 
@@ -152,15 +185,64 @@ def bytes_per_token(path: str | os.PathLike) -> tuple[int, int]:
     return read, total
 
 
-def _run_json(python: str, script: str, cfg: dict) -> dict:
+def _engine_env() -> dict:
     from localllm._runtime import SET_HERE   # localllm's own thread-pool settings must not reach llama.cpp
 
     env = {k: v for k, v in os.environ.items() if k not in SET_HERE}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.run([python, "-c", script, json.dumps(cfg)], capture_output=True, text=True, env=env)
+    return env
+
+
+def _run_json(python: str, script: str, cfg: dict) -> dict:
+    proc = subprocess.run([python, "-c", script, json.dumps(cfg)], capture_output=True, text=True,
+                          env=_engine_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{python} failed ({proc.returncode}):\n{proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+REPLY = "@@reply "     # marks a worker's answers on its stdout (a library may print there too)
+
+
+class _Worker:
+    """An engine's benchmark script in serve mode (paired runs): it loads the model once, answers with
+    its load figures, then runs one timed repetition per request ("pp", "tg") and its end figures
+    (peak RSS, cold start) on "end"."""
+
+    def __init__(self, python: str, script: str, cfg: dict):
+        self._err = tempfile.TemporaryFile("w+")
+        self._proc = subprocess.Popen([python, "-c", script, json.dumps({**cfg, "serve": True, "reply": REPLY})],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
+                                      env=_engine_env())
+        self._python = python
+        self.info = self._reply()
+
+    def _reply(self) -> dict:
+        for line in self._proc.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        rc = self._proc.wait()
+        self._err.seek(0)
+        raise RuntimeError(f"{self._python} failed ({rc}):\n{self._err.read().strip()[-2000:]}")
+
+    def ask(self, request: str) -> dict:
+        self._proc.stdin.write(request + "\n")
+        self._proc.stdin.flush()
+        return self._reply()
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds the worker has used (Linux: /proc; None elsewhere)."""
+        try:
+            fields = open(f"/proc/{self._proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._err.close()
 
 
 def has_llama_cpp(python: str) -> str | None:
@@ -197,6 +279,8 @@ def compare_model(path: str, args, llama_python: str | None) -> dict:
     read, total = bytes_per_token(path)
     entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
              "decode_limit_tps": args.bandwidth / read}
+    if getattr(args, "paired", False):
+        return _compare_paired(entry, cfg, args, llama_python)
     ours, theirs = [], []
     for r in range(args.rounds):
         # alternate which engine goes first, so that a slow minute does not always fall on the same one
@@ -214,6 +298,44 @@ def compare_model(path: str, args, llama_python: str | None) -> dict:
     if len(ours) > 1 and len(theirs) == len(ours):
         entry["round_ratios"] = {t: [a[t] / b[t] for a, b in zip(ours, theirs)] for t in tests
                                  if all(t in a and b.get(t) for a, b in zip(ours, theirs))}
+    return entry
+
+
+def _compare_paired(entry: dict, cfg: dict, args, llama_python: str | None) -> dict:
+    """Both engines loaded side by side in worker processes; each of the `reps` repetitions of a test runs
+    on one engine, then at once on the other (the order alternating), and each pair gives a ratio. The
+    engines so meet the same spells of a shared machine, which swing the rates of runs minutes apart."""
+    tests = [(kind, f"{kind}{n}") for kind, n in (("pp", args.n_prompt), ("tg", args.n_gen)) if n > 0]
+    workers = [_Worker(sys.executable, _LOCALLLM_SERVE, cfg)]
+    try:
+        if llama_python:
+            try:
+                workers.append(_Worker(llama_python, _LLAMA_CPP, cfg))
+            except RuntimeError as e:   # an architecture llama.cpp's build lacks should not stop the rest
+                entry["llama_cpp_error"] = str(e)
+        results = [dict(w.info, reps=args.reps, idle_cpu_s=0.0) for w in workers]
+        for kind, test in tests:
+            samples = [[] for _ in workers]
+            for rep in range(args.reps):
+                for i in (range(len(workers)) if rep % 2 == 0 else reversed(range(len(workers)))):
+                    before = [w.cpu_s() for w in workers]
+                    samples[i].append(workers[i].ask(kind)["rate"])
+                    for j, w in enumerate(workers):     # what the waiting engine used meanwhile (should be ~0)
+                        if j != i and before[j] is not None:
+                            results[j]["idle_cpu_s"] += w.cpu_s() - before[j]
+            for r, rates in zip(results, samples):
+                r[test], r[test + "_sd"] = statistics.fmean(rates), (statistics.stdev(rates) if len(rates) > 1 else 0.0)
+                r[test + "_samples"] = rates
+        for r, w in zip(results, workers):
+            r.update(w.ask("end"))
+    finally:
+        for w in workers:
+            w.close()
+    entry["localllm"] = results[0]
+    entry["llama_cpp"] = results[1] if len(results) > 1 else None
+    if len(results) > 1:
+        entry["pair_ratios"] = {test: [a / b for a, b in zip(results[0][test + "_samples"], results[1][test + "_samples"])]
+                                for _, test in tests}
     return entry
 
 
@@ -238,7 +360,7 @@ def format_report(report: dict) -> str:
     bw = report["bandwidth_gbs"]
     lines = [f"# localllm vs llama.cpp, {report['date']}",
              f"CPU: {report['cpu']}; threads: {report['threads']}; reps: {report['reps']}; "
-             f"rounds: {report.get('rounds', 1)}; "
+             + ("paired repetitions; " if report.get("paired") else f"rounds: {report.get('rounds', 1)}; ") +
              f"llama-cpp-python: {report['llama_cpp_version'] or 'not available'} "
              f"(flash attention {report.get('llama_flash_attn', 'off')}); "
              f"decode limit at {bw:g} GB/s", ""]
@@ -249,8 +371,8 @@ def format_report(report: dict) -> str:
         for test in (f"pp{report['n_prompt']}", f"tg{report['n_gen']}"):
             if test not in ours:
                 continue
-            per_round = m.get("round_ratios", {}).get(test)
-            if per_round:                         # several rounds: the median of their ratios
+            per_round = m.get("pair_ratios", m.get("round_ratios", {})).get(test)
+            if per_round:                         # several rounds or pairs: the median of their ratios
                 ratio = f"{statistics.median(per_round):.2f}x"
             else:
                 ratio = f"{ours[test] / ref[test]:.2f}x" if ref and ref.get(test) else "n/a"
@@ -269,6 +391,12 @@ def format_report(report: dict) -> str:
                   f"llama.cpp {_secs(ref, 'cold_start_s')}; "
                   f"peak RSS: localllm {ours['peak_rss_mb']:.0f} MiB, "
                   f"llama.cpp {'n/a' if not ref else format(ref['peak_rss_mb'], '.0f') + ' MiB'}"]
+        for test, per_pair in m.get("pair_ratios", {}).items():
+            lines.append(f"{test} ratio per pair (both engines loaded side by side, one repetition each in turn): "
+                         + ", ".join(f"{x:.2f}x" for x in per_pair) + f"; median {statistics.median(per_pair):.2f}x")
+        if m.get("pair_ratios"):
+            lines.append(f"CPU time of the waiting engine during the other's repetitions: localllm "
+                         f"{ours['idle_cpu_s']:.2f} s, llama.cpp {ref['idle_cpu_s']:.2f} s")
         for test, per_round in m.get("round_ratios", {}).items():
             lines.append(f"{test} ratio per round (each engine in its own fresh process, the order alternating): "
                          + ", ".join(f"{x:.2f}x" for x in per_round) + f"; median {statistics.median(per_round):.2f}x")
@@ -294,6 +422,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="run the pair this many times, alternating which goes first; ratios are then the "
                         "median of the rounds' (default 1)")
+    p.add_argument("--paired", action="store_true",
+                   help="load both engines side by side and run each repetition on one, then the other (the "
+                        "order alternating); ratios are the median of the pairs' (not with --rounds)")
     p.add_argument("--llama-flash-attn", choices=("off", "on"), default="off",
                    help="llama.cpp's flash attention: off is llama-bench's and llama-cpp-python's default; on "
                         "is what llama.cpp's own default (auto) picks on a CPU, as in llama-cli (default off)")
@@ -303,6 +434,8 @@ def main(argv=None) -> int:
     args.bandwidth_gbs, args.bandwidth = args.bandwidth, args.bandwidth * 1e9
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    if args.paired and args.rounds > 1:
+        p.error("--paired and --rounds do not combine: --paired pairs every repetition (raise --reps)")
     if args.n_depth < 0:
         p.error("--n-depth must be at least 0")
     if args.threads is None:
@@ -317,6 +450,7 @@ def main(argv=None) -> int:
         print(f"note: {args.llama_python} cannot import llama_cpp; measuring localllm only", file=sys.stderr)
     report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu_model(),
               "n_cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps, "rounds": args.rounds,
+              "paired": args.paired,
               "n_prompt": args.n_prompt, "n_depth": args.n_depth,
               "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs, "llama_cpp_version": version,
               "llama_flash_attn": args.llama_flash_attn,

@@ -136,54 +136,82 @@ def model_desc(gf) -> str:
     return f"{gf.architecture} {size} {name}"
 
 
+class BenchSession:
+    """A loaded model and its two tests, one timed repetition at a time: what run_bench runs, and what
+    benchmarks/compare.py's paired mode asks of each engine in turn. n_depth > 0: both tests run after
+    that many cached positions (llama-bench's "pp512 @ d4096"), filled once here."""
+
+    def __init__(self, model_path: str | os.PathLike, n_threads: int | None = None, n_prompt: int = 512,
+                 n_gen: int = 128, n_ctx: int | None = None, seed: int = 0, n_depth: int = 0):
+        import localllm
+
+        if n_depth < 0:
+            raise ValueError("n_depth must be at least 0")
+        self.n_prompt, self.n_gen, self.n_depth, self.n_threads = n_prompt, n_gen, n_depth, n_threads
+        llm = self.llm = localllm.load(model_path, n_ctx=n_ctx or n_depth + max(n_prompt + n_gen, 16),
+                                       n_threads=n_threads)
+        need = n_depth + max(n_prompt, n_gen)
+        if need > llm.n_ctx:
+            raise ValueError(f"the tests need {need} positions but n_ctx is {llm.n_ctx}")
+        self.rng = np.random.default_rng(seed)
+        self.info = {
+            "model": llm.name,
+            "model_desc": model_desc(llm.gguf),
+            "path": str(llm.path),
+            "file_size": llm.gguf.file_size,
+            "n_params": llm.gguf.n_params(),
+            "backend": "CPU",
+            "threads": llm.n_threads,
+            "n_ctx": llm.n_ctx,
+            "n_batch": llm.n_batch,
+            "load_s": llm.load_s,
+            "decode_weight_bytes": decode_weight_bytes(llm),
+            "n_depth": n_depth,
+        }
+        if n_depth and (n_prompt > 0 or n_gen > 0):
+            fill_depth(llm, n_depth, self.rng)
+        self._warm: set[str] = set()
+
+    def rate(self, test: str) -> float:
+        """Tokens/s of one timed repetition of "pp" or "tg"; the first of each kind runs after an untimed
+        warm-up (JIT dispatch, page faults on the weights; tg's is a single token, as llama-bench's)."""
+        llm, rng, depth = self.llm, self.rng, self.n_depth
+        if test == "pp":
+            if test not in self._warm:
+                time_prompt(llm, _prompt_ids(llm, self.n_prompt, rng), depth)
+            rate = self.n_prompt / time_prompt(llm, _prompt_ids(llm, self.n_prompt, rng), depth)
+        elif test == "tg":
+            if test not in self._warm:
+                time_gen(llm, 1, rng, depth)
+            rate = self.n_gen / time_gen(llm, self.n_gen, rng, depth)
+        else:
+            raise ValueError(f"unknown test {test!r} (pp or tg)")
+        self._warm.add(test)
+        return rate
+
+    def finish(self, cold_start: bool = True) -> dict:
+        """This process's peak RSS and, if asked, the cold start of a fresh process (cold_start_s)."""
+        _reset(self.llm)
+        return {"peak_rss_mb": _peak_rss_mb(),
+                "cold_start_s": cold_start_s(self.llm.path, self.n_threads) if cold_start else None}
+
+
 def run_bench(model_path: str | os.PathLike, n_threads: int | None = None, reps: int = 5, n_prompt: int = 512,
               n_gen: int = 128, n_ctx: int | None = None, cold_start: bool = True, seed: int = 0,
               n_depth: int = 0) -> dict:
     """Load the model and measure pp<n_prompt> and tg<n_gen> t/s (mean and sd over `reps`), plus load
     time, cold start (a fresh process, see cold_start_s) and this process's peak RSS. n_depth > 0: both
     tests run after that many cached positions (llama-bench's "pp512 @ d4096")."""
-    import localllm
-
     if reps < 1:
         raise ValueError("reps must be at least 1")
-    if n_depth < 0:
-        raise ValueError("n_depth must be at least 0")
-    llm = localllm.load(model_path, n_ctx=n_ctx or n_depth + max(n_prompt + n_gen, 16), n_threads=n_threads)
-    need = n_depth + max(n_prompt, n_gen)
-    if need > llm.n_ctx:
-        raise ValueError(f"the tests need {need} positions but n_ctx is {llm.n_ctx}")
-    rng = np.random.default_rng(seed)
-    out = {
-        "model": llm.name,
-        "model_desc": model_desc(llm.gguf),
-        "path": str(llm.path),
-        "file_size": llm.gguf.file_size,
-        "n_params": llm.gguf.n_params(),
-        "backend": "CPU",
-        "threads": llm.n_threads,
-        "n_ctx": llm.n_ctx,
-        "n_batch": llm.n_batch,
-        "reps": reps,
-        "load_s": llm.load_s,
-        "decode_weight_bytes": decode_weight_bytes(llm),
-        "n_depth": n_depth,
-    }
-    if n_depth and (n_prompt > 0 or n_gen > 0):
-        fill_depth(llm, n_depth, rng)
-    if n_prompt > 0:
-        ids = _prompt_ids(llm, n_prompt, rng)
-        time_prompt(llm, ids, n_depth)              # warm-up: JIT dispatch, page faults on the weights
-        rates = [n_prompt / time_prompt(llm, _prompt_ids(llm, n_prompt, rng), n_depth) for _ in range(reps)]
-        out[f"pp{n_prompt}"], out[f"pp{n_prompt}_sd"] = _mean_sd(rates)
-        out[f"pp{n_prompt}_samples"] = rates
-    if n_gen > 0:
-        time_gen(llm, 1, rng, n_depth)              # llama-bench warms tg up with a single token
-        rates = [n_gen / time_gen(llm, n_gen, rng, n_depth) for _ in range(reps)]
-        out[f"tg{n_gen}"], out[f"tg{n_gen}_sd"] = _mean_sd(rates)
-        out[f"tg{n_gen}_samples"] = rates
-    _reset(llm)
-    out["peak_rss_mb"] = _peak_rss_mb()
-    out["cold_start_s"] = cold_start_s(llm.path, n_threads) if cold_start else None
+    s = BenchSession(model_path, n_threads, n_prompt, n_gen, n_ctx, seed, n_depth)
+    out = dict(s.info, reps=reps)
+    for kind, n in (("pp", n_prompt), ("tg", n_gen)):
+        if n > 0:
+            rates = [s.rate(kind) for _ in range(reps)]
+            out[f"{kind}{n}"], out[f"{kind}{n}_sd"] = _mean_sd(rates)
+            out[f"{kind}{n}_samples"] = rates
+    out.update(s.finish(cold_start))
     return out
 
 

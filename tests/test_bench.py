@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +273,132 @@ def test_run_bench_with_depth(tiny_model, monkeypatch):
     assert rows == ["pp8 @ d20", "tg3 @ d20"]
     with pytest.raises(ValueError, match="n_ctx"):
         run_bench(tiny_model, n_threads=1, reps=1, n_prompt=8, n_gen=0, n_ctx=24, cold_start=False, n_depth=20)
+
+
+def test_compare_paired_alternates_each_repetition_and_reports_the_median_pair_ratio(tiny_model, monkeypatch):
+    """--paired: both engines loaded once, each repetition run on one and at once on the other, the order
+    alternating; each pair gives a ratio, and the table shows their median."""
+    import argparse
+    compare = _compare_module()
+    asked = []
+    rates = {("localllm", "tg"): iter([100.0, 150.0, 90.0]), ("llama_cpp", "tg"): iter([50.0, 50.0, 60.0]),
+             ("localllm", "pp"): iter([40.0] * 3), ("llama_cpp", "pp"): iter([20.0] * 3)}
+
+    class FakeWorker:
+        def __init__(self, python, script, cfg):
+            self.engine = "localllm" if script is compare._LOCALLLM_SERVE else "llama_cpp"
+            self.info = {"load_s": 0.5, "threads": 1, "model_desc": "tiny", "file_size": 1, "n_params": 1}
+
+        def ask(self, request):
+            asked.append((self.engine, request))
+            if request == "end":
+                return {"peak_rss_mb": 100.0, "cold_start_s": None}
+            return {"rate": next(rates[self.engine, request])}
+
+        def cpu_s(self):
+            return 1.0
+
+        def close(self):
+            asked.append((self.engine, "closed"))
+
+    monkeypatch.setattr(compare, "_Worker", FakeWorker)
+    args = argparse.Namespace(threads=1, reps=3, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=True, rounds=1,
+                              bandwidth=28e9, llama_flash_attn="off", paired=True)
+    entry = compare.compare_model(str(tiny_model), args, "/fake/python")
+    tg = [a for a in asked if a[1] == "tg"]
+    assert [e for e, _ in tg] == ["localllm", "llama_cpp", "llama_cpp", "localllm", "localllm", "llama_cpp"]
+    assert asked[-4:] == [("localllm", "end"), ("llama_cpp", "end"), ("localllm", "closed"),
+                          ("llama_cpp", "closed")]
+    assert entry["pair_ratios"] == {"pp16": [2.0, 2.0, 2.0], "tg4": [2.0, 3.0, 1.5]}
+    assert entry["localllm"]["tg4_samples"] == [100.0, 150.0, 90.0]
+    assert entry["localllm"]["idle_cpu_s"] == 0.0 and entry["llama_cpp"]["peak_rss_mb"] == 100.0
+    report = {"date": "2025-01-01T00:00:00+00:00", "cpu": "x", "threads": 1, "reps": 3, "rounds": 1, "paired": True,
+              "n_prompt": 16, "n_gen": 4, "bandwidth_gbs": 28.0, "llama_cpp_version": "0", "models": [entry]}
+    text = compare.format_report(report)
+    assert "paired repetitions" in text and "rounds:" not in text
+    assert "2.00x" in text.split("| tg4")[1].split("\n")[0]          # the median pair, not 113.3 / 53.3
+    assert "tg4 ratio per pair" in text and "2.00x, 3.00x, 1.50x; median 2.00x" in text
+    with pytest.raises(SystemExit):
+        compare.main([str(tiny_model), "--paired", "--rounds", "2"])
+
+
+def test_compare_paired_worker_runs_localllm_one_repetition_per_request(tiny_model):
+    """The localllm side of --paired for real: a worker process loads the model once, answers each "pp" /
+    "tg" with one repetition's rate and "end" with its peak RSS; a bad request ends it with a clear error."""
+    compare = _compare_module()
+    cfg = {"model": str(tiny_model), "threads": 1, "reps": 1, "n_prompt": 16, "n_gen": 4, "cold_start": False,
+           "seed": 0, "n_depth": 0, "flash_attn": False}
+    w = compare._Worker(sys.executable, compare._LOCALLLM_SERVE, cfg)
+    try:
+        assert w.info["model"] == "Tiny Bench" and w.info["load_s"] > 0
+        assert w.ask("pp")["rate"] > 0 and w.ask("tg")["rate"] > 0 and w.ask("tg")["rate"] > 0
+        assert w.cpu_s() > 0
+        end = w.ask("end")
+        assert end["peak_rss_mb"] > 0 and end["cold_start_s"] is None
+    finally:
+        w.close()
+    w = compare._Worker(sys.executable, compare._LOCALLLM_SERVE, cfg)
+    try:
+        with pytest.raises(RuntimeError, match="unknown test 'xx'"):
+            w.ask("xx")
+    finally:
+        w.close()
+
+
+FAKE_LLAMA_CPP = '''
+import ctypes
+__version__ = "fake"
+llama_token = ctypes.c_int32
+decoded = []
+
+class _Ctx:
+    ctx = "ctx"
+
+class _Model:
+    model = "model"
+
+class Llama:
+    def __init__(self, model_path, **kw):
+        self._ctx, self._model = _Ctx(), _Model()
+
+def llama_model_get_vocab(m): return "vocab"
+def llama_vocab_n_tokens(v): return 100
+def llama_vocab_bos(v): return 1
+def llama_vocab_get_add_bos(v): return True
+def llama_get_memory(c): return "mem"
+def llama_batch_get_one(arr, n): return list(arr)[:n]
+def llama_decode(c, batch):
+    decoded.append(len(batch))
+    return 0
+def llama_synchronize(c): pass
+def llama_memory_clear(m, data): pass
+def llama_memory_seq_rm(m, seq, p0, p1): pass
+'''
+
+
+def test_compare_llama_cpp_script_serves_and_runs_in_batch(tmp_path, tiny_model):
+    """llama.cpp's side of compare.py, over a stand-in llama_cpp module: the batch run (--rounds) prints its
+    rates, and the serve mode (--paired) answers one repetition per request."""
+    compare = _compare_module()
+    (tmp_path / "llama_cpp.py").write_text(FAKE_LLAMA_CPP)
+    cfg = {"model": str(tiny_model), "threads": 1, "reps": 2, "n_prompt": 16, "n_gen": 4, "cold_start": False,
+           "seed": 0, "n_depth": 0, "flash_attn": False}
+    import os
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", compare._LLAMA_CPP, json.dumps(cfg)], capture_output=True,
+                          text=True, env=env, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["pp16_samples"]) == 2 and len(out["tg4_samples"]) == 2 and out["cold_start_s"] is None
+    monkey = pytest.MonkeyPatch()
+    monkey.setenv("PYTHONPATH", str(tmp_path))
+    try:
+        w = compare._Worker(sys.executable, compare._LLAMA_CPP, dict(cfg, n_depth=8))
+    finally:
+        monkey.undo()
+    try:
+        assert w.info["llama_cpp_version"] == "fake" and w.info["n_depth"] == 8
+        assert w.ask("tg")["rate"] > 0 and w.ask("pp")["rate"] > 0
+        assert w.ask("end")["peak_rss_mb"] > 0
+    finally:
+        w.close()
