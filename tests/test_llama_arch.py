@@ -1,4 +1,8 @@
 """The llama module on tiny synthetic GGUFs: a plain NumPy forward agrees, and the KV cache changes nothing."""
+import os
+import re
+import sys
+
 import numpy as np
 import pytest
 
@@ -135,3 +139,28 @@ def test_repacked_weights_are_cached_on_disk(tmp_path, monkeypatch):
     again = localllm.load(path, n_ctx=64)
     np.testing.assert_array_equal(again.logits(ids), want_all)
     np.testing.assert_array_equal(again._eval_next(7), want_step)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="MADV_POPULATE_READ is Linux's")
+def test_cached_weights_are_mapped_in_the_background(tmp_path):
+    """kernels.decode.prefault maps a memory-mapped buffer's pages into the process on a thread of its own,
+    so the first token does not take the page faults: the mapping's resident size goes from ~0 to all of it."""
+    from localllm.kernels.decode import prefault
+
+    f = tmp_path / "w.npy"
+    np.save(f, np.full(8 << 20, 7, np.uint8))               # 8 MB, in the page cache after writing
+    a = np.load(f, mmap_mode="c")
+
+    def resident_kb():
+        lines = open("/proc/self/smaps").read().splitlines()
+        at = next(i for i, line in enumerate(lines) if line.endswith(str(f)))
+        return next(int(line.split()[1]) for line in lines[at + 1:] if line.startswith("Rss:"))
+
+    assert resident_kb() < 1024
+    thread = prefault([a])
+    assert thread is not None
+    thread.join(timeout=30)
+    if resident_kb() < 1024 and tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2]) < (5, 14):
+        pytest.skip("kernel without MADV_POPULATE_READ")
+    assert resident_kb() >= 8 << 10
+    assert a[-1] == 7 and a.sum() == 7 * (8 << 20)

@@ -14,6 +14,7 @@ held them first, but building one compiled its methods in every process: 2.2 s o
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import shutil
 from pathlib import Path
@@ -614,11 +615,47 @@ def _save(cache: Path, bufs) -> None:
 
 
 def _load(cache: Path):
-    """The cached buffers, memory-mapped (copy-on-write, so they type like ordinary arrays in Numba)."""
+    """The cached buffers, memory-mapped (copy-on-write, so they type like ordinary arrays in Numba), their
+    pages mapped in the background (prefault)."""
     try:
-        return tuple(np.asarray(np.load(cache / f"{name}.npy", mmap_mode="c")) for name in BUFFERS)
+        bufs = tuple(np.asarray(np.load(cache / f"{name}.npy", mmap_mode="c")) for name in BUFFERS)
     except (OSError, ValueError):
         return None
+    if os.environ.get("LOCALLLM_PREFAULT", "1") != "0":
+        prefault(bufs)
+    return bufs
+
+
+def prefault(arrays):
+    """Map the pages of memory-mapped arrays into this process on a background thread (Linux 5.14+:
+    madvise MADV_POPULATE_READ, called through ctypes, which lets go of the GIL) while the load goes on;
+    the first token would otherwise take those page faults itself (Qwen2.5's 394 MB: ~85 ms). Returns
+    the thread, or None where there is nothing to do."""
+    import ctypes
+    import sys
+    import threading
+
+    if sys.platform != "linux":
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    advice = getattr(mmap, "MADV_POPULATE_READ", 22)
+    spans = []
+    for a in arrays:
+        if a.nbytes:
+            at = a.ctypes.data // mmap.PAGESIZE * mmap.PAGESIZE
+            spans.append((at, a.ctypes.data + a.nbytes - at))
+
+    def run():
+        for at, n in spans:
+            if madvise(at, n, advice) != 0:    # an older kernel (EINVAL): the faults come as before
+                return
+    thread = threading.Thread(target=run, name="localllm-prefault", daemon=True)
+    thread.start()
+    return thread
 
 
 def _kind_bits(fn, kind: int):
