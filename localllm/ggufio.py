@@ -11,6 +11,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -108,32 +109,84 @@ class _Cursor:
         v = self.take(*_SCALAR[vtype])
         return v
 
-    def _strings(self, n: int) -> list[str]:
-        """n length-prefixed UTF-8 strings (a vocabulary: 151k for Qwen2.5). Compiled passes find where
-        each starts and copy them out with one NUL between each two, decoded at once and split there
-        (Gemma 3's 262k tokens: ~35 ms; a Python loop took 0.2 s). Strings holding NUL bytes or invalid
-        UTF-8 are decoded one by one."""
-        from .kernels.scan import join_strings, string_prefixes   # Numba: loaded for the model anyway
+    def _strings(self, n: int) -> list[str] | StringArray:
+        """n length-prefixed UTF-8 strings (a vocabulary: 151k for Qwen2.5). A compiled pass finds where
+        each starts; arrays of LAZY_FROM strings or more come back as a StringArray, decoded as they are
+        read, smaller ones as a list."""
+        from .kernels.scan import string_prefixes   # Numba: loaded for the model anyway
 
         buf, start = self.buf, self.pos
         if n > (len(buf) - start) // 8:               # each takes 8 bytes at least: a corrupt count
             raise EOFError
         at = np.empty(n, np.int64)
-        raw = np.frombuffer(buf, np.uint8)
-        pos = string_prefixes(raw, start, n, at)
+        pos = string_prefixes(np.frombuffer(buf, np.uint8), start, n, at)
         if pos < 0:
             raise EOFError
         self.pos = pos
+        strings = StringArray(buf, at, pos)
+        return strings if n >= LAZY_FROM else list(strings)
+
+
+LAZY_FROM = 1024      # strings in an array from which it is a StringArray
+
+
+class StringArray(Sequence):
+    """A GGUF array of strings, read-only, decoded as it is read: an item by index on its own, all of
+    them (kept) when iterated, sliced or compared. A BPE tokenizer whose lookup tables come from disk
+    reads a few of its 151k merges (Qwen2.5), and splitting them all took ~40 ms of a fresh load."""
+    __slots__ = ("_buf", "_at", "_end", "_all")
+
+    def __init__(self, buf: memoryview, at: np.ndarray, end: int):   # at: (n,) int64 length-prefix offsets
+        self._buf, self._at, self._end, self._all = buf, at, end, None
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __getitem__(self, i):
+        if self._all is not None or isinstance(i, slice):
+            return self.tolist()[i]
+        n = len(self._at)
+        i = i + n if i < 0 else i
+        if not 0 <= i < n:
+            raise IndexError("string index out of range")
+        p = int(self._at[i])
+        q = int(self._at[i + 1]) if i + 1 < n else self._end
+        return str(self._buf[p + 8:q], "utf-8", "replace")
+
+    def __iter__(self):
+        return iter(self.tolist())
+
+    def __eq__(self, other):
+        return self.tolist() == (other.tolist() if isinstance(other, StringArray) else other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"StringArray({len(self)} strings)"
+
+    def tolist(self) -> list[str]:
+        """Every string: copied out with one NUL between each two by a compiled pass, decoded at once and
+        split there (Gemma 3's 262k tokens: ~35 ms; a Python loop took 0.2 s); strings holding NUL bytes
+        or invalid UTF-8 are decoded one by one."""
+        if self._all is None:
+            self._all = self._decoded()
+        return self._all
+
+    def _decoded(self) -> list[str]:
+        from .kernels.scan import join_strings
+
+        at, end, n = self._at, self._end, len(self._at)
         if n == 0:
             return []
-        joined = np.empty(pos - start - 7 * n - 1, np.uint8)          # (string bytes + n - 1,)
-        if join_strings(raw, at, pos, joined) == 0:
+        raw = np.frombuffer(self._buf, np.uint8)
+        joined = np.empty(end - int(at[0]) - 7 * n - 1, np.uint8)        # (string bytes + n - 1,)
+        if join_strings(raw, at, end, joined) == 0:
             try:
                 return str(memoryview(joined), "utf-8").split("\0")
             except UnicodeDecodeError:
                 pass
         starts = at.tolist()
-        return [str(buf[p + 8:q], "utf-8", "replace") for p, q in zip(starts, starts[1:] + [pos])]
+        return [str(self._buf[p + 8:q], "utf-8", "replace") for p, q in zip(starts, starts[1:] + [end])]
 
 
 class GGUFFile:

@@ -13,7 +13,7 @@ import pytest
 from numba import njit
 
 import localllm.kernels as kernels_pkg
-from localllm.ggufio import _Cursor
+from localllm.ggufio import StringArray, _Cursor
 from localllm.kernels.entry import _EntryCache, _EntryImpl, entry_point
 
 
@@ -95,8 +95,19 @@ def test_gguf_string_arrays(items, repeat):
     cur = _Cursor(memoryview(blob))
     cur.pos = 4
     out = cur._strings(len(items))
-    assert out == [s.decode("utf-8", "replace") for s in items]
+    want = [s.decode("utf-8", "replace") for s in items]
     assert blob[cur.pos:] == b"tail"
+    if repeat > 1:          # a vocabulary's length: a StringArray, each item decoded as it is read
+        assert isinstance(out, StringArray) and len(out) == len(want)
+        for i in (0, 1, 2, len(want) // 2 + 1, -1, -len(want)):
+            assert out[i] == want[i]
+        assert out._all is None                     # nothing decoded beyond those items
+        with pytest.raises(IndexError):
+            out[len(want)]
+        assert out[3:7] == want[3:7] and list(out) == want and want[1] in out
+    else:
+        assert isinstance(out, list)
+    assert out == want
 
 
 def test_ggml_type_table_matches_the_gguf_package():

@@ -6,7 +6,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -68,7 +68,7 @@ class Vocab:
     attrs: list[int]
     scores: list[float]
     token_to_id: Mapping[str, int]      # a dict, or an index.TextIndex read from the tokenizer cache
-    merges: list[str]
+    merges: Sequence[str]          # list, or ggufio.StringArray
     bos_id: int | None
     eos_id: int | None
     unk_id: int | None
@@ -116,7 +116,7 @@ class Vocab:
                 add_bos = True
             if "tokenizer.ggml.merges" not in meta:
                 raise UnsupportedTokenizerError("the GGUF's BPE tokenizer has no tokenizer.ggml.merges")
-            merges = list(meta["tokenizer.ggml.merges"])
+            merges = meta["tokenizer.ggml.merges"]     # a StringArray from a GGUF: decoded as read
         else:
             defaults = {"bos": 1, "eos": 2, "unk": 0}
             add_bos, add_eos, add_space_prefix = True, False, True
