@@ -164,6 +164,10 @@ class StringArray(Sequence):
     def __repr__(self) -> str:
         return f"StringArray({len(self)} strings)"
 
+    def empty(self) -> np.ndarray:
+        """Indices of the empty strings, found without decoding any."""
+        return np.flatnonzero(np.diff(self._at, append=self._end) == 8)
+
     def tolist(self) -> list[str]:
         """Every string: copied out with one NUL between each two by a compiled pass, decoded at once and
         split there (Gemma 3's 262k tokens: ~35 ms; a Python loop took 0.2 s); strings holding NUL bytes

@@ -101,6 +101,7 @@ def test_gguf_string_arrays(items, repeat):
         assert isinstance(out, StringArray) and len(out) == len(want)
         for i in (0, 1, 2, len(want) // 2 + 1, -1, -len(want)):
             assert out[i] == want[i]
+        assert out.empty().tolist() == [i for i, w in enumerate(want) if w == ""]
         assert out._all is None                     # nothing decoded beyond those items
         with pytest.raises(IndexError):
             out[len(want)]

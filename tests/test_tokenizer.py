@@ -231,3 +231,36 @@ def test_special_tokens_found_the_same_in_short_and_long_texts():
     long = vocab._special_tokens_in(text + "." * 5000)
     assert vocab._special_finder is not None and long == short
     assert vocab._special_tokens_in(text) == short             # the trie answers short texts once built
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_a_gguf_vocabulary_is_read_as_stored_and_decoded_as_used(tmp_path, empty):
+    """From a GGUF the tokens and merges stay StringArrays (decoded an item at a time as the tokenizer reads
+    them), the tokenizer encodes and decodes as with plain lists, and an empty token text gets a
+    placeholder as llama.cpp's does (the tokens then become a list)."""
+    import gguf
+    from localllm.ggufio import GGUFFile, StringArray
+    from localllm.tokenizer.bpe import BYTE_TO_CHAR
+
+    tokens = [BYTE_TO_CHAR[b] for b in range(256)] + ["Ġa", "ab", "" if empty else "abab"]
+    tokens += [f"<x{i}>" for i in range(1000)]
+    merges = ["Ġ a", "a b"] + [f"<x {i}>" for i in range(1100)]
+    w = gguf.GGUFWriter(str(tmp_path / "v.gguf"), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    meta = GGUFFile(tmp_path / "v.gguf").metadata
+    assert isinstance(meta["tokenizer.ggml.tokens"], StringArray) and isinstance(meta["tokenizer.ggml.merges"], StringArray)
+    lazy = Tokenizer.from_metadata(meta)
+    plain = Tokenizer.from_metadata({k: (v.tolist() if isinstance(v, StringArray) else v) for k, v in meta.items()})
+    assert isinstance(lazy.vocab.tokens, list) == empty and isinstance(lazy.vocab.merges, StringArray)
+    assert lazy.vocab.tokens[258] == ("[EMPTY_258]" if empty else "abab") == plain.vocab.tokens[258]
+    for text in ("ab a ab", " a b", "hello ab"):
+        assert lazy.encode(text) == plain.encode(text)
+        assert lazy.decode(lazy.encode(text)) == text
+    assert lazy.encode("ab") == [257]

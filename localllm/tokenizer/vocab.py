@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import LocalLLMError
+from ..ggufio import StringArray
 from .index import text_index
 
 
@@ -64,7 +65,7 @@ class Vocab:
     """Token table plus the flags that steer tokenization, resolved the way llama.cpp resolves them."""
     model: str                          # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     pre: str                            # tokenizer.ggml.pre ("default" when absent)
-    tokens: list[str]
+    tokens: Sequence[str]          # list, or ggufio.StringArray
     attrs: list[int]
     scores: list[float]
     token_to_id: Mapping[str, int]      # a dict, or an index.TextIndex read from the tokenizer cache
@@ -92,9 +93,12 @@ class Vocab:
                 f"and 'llama' SentencePiece); use a GGUF with one of those tokenizers")
         if "tokenizer.ggml.tokens" not in meta:
             raise UnsupportedTokenizerError("the GGUF has no tokenizer.ggml.tokens; re-convert the model")
-        tokens = list(meta["tokenizer.ggml.tokens"])
-        if "" in tokens:
-            tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        tokens = meta["tokenizer.ggml.tokens"]     # a StringArray from a GGUF: decoded as read
+        empty = tokens.empty() if isinstance(tokens, StringArray) else [i for i, t in enumerate(tokens) if not t]
+        if len(empty):
+            tokens = list(tokens)
+            for i in empty:
+                tokens[i] = f"[EMPTY_{i}]"
         n = len(tokens)
         types = meta.get("tokenizer.ggml.token_type")
         if types is not None:     # attrs: int64 (n,) while flags are set, a list in the Vocab
