@@ -134,10 +134,11 @@ class StringArray(Sequence):
     """A GGUF array of strings, read-only, decoded as it is read: an item by index on its own, all of
     them (kept) when iterated, sliced or compared. A BPE tokenizer whose lookup tables come from disk
     reads a few of its 151k merges (Qwen2.5), and splitting them all took ~40 ms of a fresh load."""
-    __slots__ = ("_buf", "_at", "_end", "_all")
+    __slots__ = ("_buf", "_at", "_bounds", "_end", "_all")
 
     def __init__(self, buf: memoryview, at: np.ndarray, end: int):   # at: (n,) int64 length-prefix offsets
         self._buf, self._at, self._end, self._all = buf, at, end, None
+        self._bounds = memoryview(np.append(at, end))     # (n + 1,): indexing gives Python ints, fast
 
     def __len__(self) -> int:
         return len(self._at)
@@ -146,12 +147,19 @@ class StringArray(Sequence):
         if self._all is not None or isinstance(i, slice):
             return self.tolist()[i]
         n = len(self._at)
-        i = i + n if i < 0 else i
+        if i < 0:
+            i += n
         if not 0 <= i < n:
             raise IndexError("string index out of range")
-        p = int(self._at[i])
-        q = int(self._at[i + 1]) if i + 1 < n else self._end
-        return str(self._buf[p + 8:q], "utf-8", "replace")
+        b = self._bounds
+        return str(self._buf[b[i] + 8:b[i + 1]], "utf-8", "replace")
+
+    def take(self, ids) -> list[str]:
+        """The strings at ids (ints), decoded here one by one (~0.4 µs each, a third of self[i]'s)."""
+        if self._all is not None:
+            return [self._all[i] for i in ids]
+        buf, b = self._buf, self._bounds
+        return [str(buf[b[i] + 8:b[i + 1]], "utf-8", "replace") for i in ids]
 
     def __iter__(self):
         return iter(self.tolist())

@@ -218,15 +218,15 @@ def test_tiny_bpe_merges_by_rank_and_decodes():
 def test_special_tokens_found_the_same_in_short_and_long_texts():
     """Short texts are searched token by token, long ones with the compiled trie: the same ids either way."""
     import numpy as np
-    specials = ["<s>", "<start>", "<start_of_turn>", "<unused0>", "<unused1>", "<unused10>", "[X]"]
+    specials = ["<s>", "<start>", "<start_of_turn>", "<unused0>", "<unused1>", "<unused10>", "[X]", "§"]
     tokens = ["a", "b", "<", ">", "s", *specials]
     meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": tokens,
             "tokenizer.ggml.merges": ["a b"],
             "tokenizer.ggml.token_type": np.array([1] * 5 + [3] * len(specials), np.int32)}
     vocab = Tokenizer.from_metadata(meta).vocab
-    text = "a<start_of_turn>b<unused10>x<s[X]<s>"
+    text = "a<start_of_turn>b<unused10>x§<s[X]<s>"
     short = vocab._special_tokens_in(text)
-    assert {vocab.tokens[i] for i in short} == {"<start_of_turn>", "<unused10>", "[X]", "<s>"}
+    assert {vocab.tokens[i] for i in short} == {"<start_of_turn>", "<unused10>", "[X]", "<s>", "§"}
     assert vocab._special_finder is None                       # no trie compiled for a short text
     long = vocab._special_tokens_in(text + "." * 5000)
     assert vocab._special_finder is not None and long == short
