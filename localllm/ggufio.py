@@ -9,9 +9,9 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -134,28 +134,25 @@ class StringArray(Sequence):
     """A GGUF array of strings, read-only, decoded as it is read: an item by index on its own, all of
     them (kept) when iterated, sliced or compared. A BPE tokenizer whose lookup tables come from disk
     reads a few of its 151k merges (Qwen2.5), and splitting them all took ~40 ms of a fresh load."""
-    __slots__ = ("_buf", "_at", "_bounds", "_end", "_all")
+    __slots__ = ("_buf", "_bounds", "_all")
 
     def __init__(self, buf: memoryview, at: np.ndarray, end: int):   # at: (n,) int64 length-prefix offsets
-        self._buf, self._at, self._end, self._all = buf, at, end, None
-        self._bounds = memoryview(np.append(at, end))     # (n + 1,): indexing gives Python ints, fast
+        # (n + 1,) offsets: string i is buf[b[i] + 8:b[i + 1]]; a memoryview, whose items are Python ints
+        self._buf, self._bounds, self._all = buf, memoryview(np.append(at, end)), None
 
     def __len__(self) -> int:
-        return len(self._at)
+        return len(self._bounds) - 1
 
     def __getitem__(self, i):
         if self._all is not None or isinstance(i, slice):
             return self.tolist()[i]
-        n = len(self._at)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
+        n = len(self)
+        if not -n <= i < n:
             raise IndexError("string index out of range")
-        b = self._bounds
-        return str(self._buf[b[i] + 8:b[i + 1]], "utf-8", "replace")
+        return self.take((i % n,))[0]
 
     def take(self, ids) -> list[str]:
-        """The strings at ids (ints), decoded here one by one (~0.4 µs each, a third of self[i]'s)."""
+        """The strings at ids (non-negative ints), decoded one by one (~0.4 µs each)."""
         if self._all is not None:
             return [self._all[i] for i in ids]
         buf, b = self._buf, self._bounds
@@ -174,7 +171,7 @@ class StringArray(Sequence):
 
     def empty(self) -> np.ndarray:
         """Indices of the empty strings, found without decoding any."""
-        return np.flatnonzero(np.diff(self._at, append=self._end) == 8)
+        return np.flatnonzero(np.diff(np.asarray(self._bounds)) == 8)
 
     def tolist(self) -> list[str]:
         """Every string: copied out with one NUL between each two by a compiled pass, decoded at once and
@@ -187,22 +184,23 @@ class StringArray(Sequence):
     def _decoded(self) -> list[str]:
         from .kernels.scan import join_strings
 
-        at, end, n = self._at, self._end, len(self._at)
+        n = len(self)
         if n == 0:
             return []
-        raw = np.frombuffer(self._buf, np.uint8)
+        bounds = np.asarray(self._bounds)
+        at, end = bounds[:-1], int(bounds[-1])
         joined = np.empty(end - int(at[0]) - 7 * n - 1, np.uint8)        # (string bytes + n - 1,)
-        if join_strings(raw, at, end, joined) == 0:
+        if join_strings(np.frombuffer(self._buf, np.uint8), at, end, joined) == 0:
             try:
                 return str(memoryview(joined), "utf-8").split("\0")
             except UnicodeDecodeError:
                 pass
-        starts = at.tolist()
-        return [str(self._buf[p + 8:q], "utf-8", "replace") for p, q in zip(starts, starts[1:] + [end])]
+        return self.take(range(n))
 
 
 class GGUFFile:
-    """An opened GGUF: `metadata` (dict of plain values) and `tensors` (name -> TensorInfo, mapped views).
+    """An opened GGUF: `metadata` (dict of plain values; arrays of LAZY_FROM strings or more as StringArray)
+    and `tensors` (name -> TensorInfo, mapped views).
 
     Raises GGUFError, naming the file, when it is missing, not GGUF, truncated or corrupt.
     """

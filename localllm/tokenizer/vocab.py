@@ -60,7 +60,6 @@ _ROLE_TEXTS = {
 _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 
 
-
 def texts_at(tokens: Sequence[str], ids: list[int]) -> list[str]:
     """tokens[i] for each of ids: a StringArray decodes them in one pass."""
     return tokens.take(ids) if isinstance(tokens, StringArray) else [tokens[i] for i in ids]
@@ -229,8 +228,8 @@ class Vocab:
                 self._special_by_start.setdefault(t[:2], []).append((t, ids))
         if self._special_finder is None and len(text) <= 4096:
             # A short text (a chat turn) is searched directly for the special tokens whose first two
-            # characters occur in it (Gemma 3's 6.4k special tokens are mostly "<unused...>": a chat
-            # turn checks a few dozen), against 0.16 s to compile the trie of them all (done once a
+            # characters occur in it (Gemma 3's 6.4k special tokens are mostly "<unused...>": its chat
+            # prompt checks 12), against 0.16 s to compile the trie of them all (done once a
             # longer text comes). Both find every special token that occurs.
             starts = self._special_by_start
             found = set()
