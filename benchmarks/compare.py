@@ -255,6 +255,13 @@ def has_llama_cpp(python: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def _put_rates(result: dict, test: str, rates: list[float]) -> None:
+    """A test's samples, their mean and sample sd, as the engines' scripts report them."""
+    result[test + "_samples"] = rates
+    result[test] = statistics.fmean(rates)
+    result[test + "_sd"] = statistics.stdev(rates) if len(rates) > 1 else 0.0
+
+
 def _merge_rounds(results: list[dict], tests: list[str]) -> dict:
     """One engine's results of several rounds as one: rates over every round's samples, and the median
     round's load time, cold start and peak RSS."""
@@ -262,9 +269,7 @@ def _merge_rounds(results: list[dict], tests: list[str]) -> dict:
     for test in tests:
         samples = [x for r in results for x in r.get(test + "_samples", [])]
         if samples:
-            merged[test + "_samples"] = samples
-            merged[test] = statistics.fmean(samples)
-            merged[test + "_sd"] = statistics.stdev(samples) if len(samples) > 1 else 0.0
+            _put_rates(merged, test, samples)
     for key in ("load_s", "cold_start_s", "peak_rss_mb"):
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
@@ -279,7 +284,7 @@ def compare_model(path: str, args, llama_python: str | None) -> dict:
     read, total = bytes_per_token(path)
     entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
              "decode_limit_tps": args.bandwidth / read}
-    if getattr(args, "paired", False):
+    if args.paired:
         return _compare_paired(entry, cfg, args, llama_python)
     ours, theirs = [], []
     for r in range(args.rounds):
@@ -318,14 +323,13 @@ def _compare_paired(entry: dict, cfg: dict, args, llama_python: str | None) -> d
             samples = [[] for _ in workers]
             for rep in range(args.reps):
                 for i in (range(len(workers)) if rep % 2 == 0 else reversed(range(len(workers)))):
-                    before = [w.cpu_s() for w in workers]
+                    waiting = [(j, w, w.cpu_s()) for j, w in enumerate(workers) if j != i]
                     samples[i].append(workers[i].ask(kind)["rate"])
-                    for j, w in enumerate(workers):     # what the waiting engine used meanwhile (should be ~0)
-                        if j != i and before[j] is not None:
-                            results[j]["idle_cpu_s"] += w.cpu_s() - before[j]
+                    for j, w, before in waiting:     # what the waiting engine used meanwhile (should be ~0)
+                        if before is not None:
+                            results[j]["idle_cpu_s"] += w.cpu_s() - before
             for r, rates in zip(results, samples):
-                r[test], r[test + "_sd"] = statistics.fmean(rates), (statistics.stdev(rates) if len(rates) > 1 else 0.0)
-                r[test + "_samples"] = rates
+                _put_rates(r, test, rates)
         for r, w in zip(results, workers):
             r.update(w.ask("end"))
     finally:

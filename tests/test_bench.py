@@ -208,7 +208,7 @@ def test_compare_rounds_alternate_and_report_the_median_ratio(tiny_model, monkey
 
     monkeypatch.setattr(compare, "_run_json", fake_run)
     args = argparse.Namespace(threads=1, reps=1, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=True, rounds=3,
-                              bandwidth=28e9, llama_flash_attn="off")
+                              bandwidth=28e9, llama_flash_attn="off", paired=False)
     entry = compare.compare_model(str(tiny_model), args, "/fake/python")
     assert calls == ["localllm", "llama_cpp", "llama_cpp", "localllm", "localllm", "llama_cpp"]
     assert entry["round_ratios"]["tg4"] == [2.0, 3.0, 1.5]
@@ -239,7 +239,7 @@ def test_compare_llama_flash_attn_reaches_llama_cpp(tiny_model, monkeypatch):
     for setting, want in (("on", True), ("off", False)):
         seen.clear()
         args = argparse.Namespace(threads=1, reps=1, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=True, rounds=1,
-                                  bandwidth=28e9, llama_flash_attn=setting)
+                                  bandwidth=28e9, llama_flash_attn=setting, paired=False)
         compare.compare_model(str(tiny_model), args, "/fake/python")
         assert seen == [want, want]
     assert "flash_attn=fa)" in compare._LLAMA_CPP and "flash_attn={fa}); " in compare._LLAMA_CPP
