@@ -45,8 +45,9 @@ s = BenchSession(cfg["model"], n_threads=cfg["threads"], n_prompt=cfg["n_prompt"
 print(cfg["reply"] + json.dumps(s.info), flush=True)
 for line in sys.stdin:
     cmd = line.strip()
-    print(cfg["reply"] + json.dumps(s.finish(cfg["cold_start"]) if cmd == "end" else {"rate": s.rate(cmd)}),
-          flush=True)
+    reply = (s.finish(cfg["cold_start"]) if cmd == "end" else {"cold_start_s": s.cold_start()} if cmd == "cold"
+             else {"rate": s.rate(cmd)})
+    print(cfg["reply"] + json.dumps(reply), flush=True)
     if cmd == "end":
         break
 """
@@ -119,31 +120,35 @@ def rate(kind):    # one timed repetition of "pp" or "tg", an untimed warm-up be
         warm.add(kind)
     return timed(fn, n)
 
+def cold_start():
+    # time to first token of a short chat prompt in a fresh process, as localllm.bench.cold_start_s: the
+    # second of two launches the first time, later one launch each (bytecode cache allowed, as there)
+    code = ("import os, sys; from llama_cpp import Llama; "
+            f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False, "
+            f"flash_attn={fa}); "
+            "next(llm.create_chat_completion([{'role': 'user', 'content': 'Why is the sky blue?'}], "
+            "max_tokens=1, temperature=0, stream=True)); print('first token', flush=True); os._exit(0)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for _ in range(1 if "cold" in warm else 2):
+        t = time.perf_counter()
+        with subprocess.Popen([sys.executable, "-c", code, cfg["model"]], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=env) as p:
+            line = p.stdout.readline()
+            secs = time.perf_counter() - t if line else None
+    warm.add("cold")
+    return secs
+
 def finish():
-    end = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cold_start_s": None}
-    if cfg["cold_start"]:
-        # time to first token of a short chat prompt in a fresh process, as localllm.bench.cold_start_s
-        code = ("import os, sys; from llama_cpp import Llama; "
-                f"llm = Llama(sys.argv[1], n_threads={threads}, n_threads_batch={threads}, verbose=False, "
-                f"flash_attn={fa}); "
-                "next(llm.create_chat_completion([{'role': 'user', 'content': 'Why is the sky blue?'}], "
-                "max_tokens=1, temperature=0, stream=True)); print('first token', flush=True); os._exit(0)")
-        # (the second of two launches, bytecode cache allowed, as localllm.bench.cold_start_s)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        for _ in range(2):
-            t = time.perf_counter()
-            with subprocess.Popen([sys.executable, "-c", code, cfg["model"]], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True, env=env) as p:
-                line = p.stdout.readline()
-                end["cold_start_s"] = time.perf_counter() - t if line else None
-    return end
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cold_start_s": cold_start() if cfg["cold_start"] else None}
 
 out = {"llama_cpp_version": C.__version__, "threads": threads, "load_s": load_s, "n_depth": depth}
 if cfg.get("serve"):      # paired mode: one repetition per request on stdin (compare.py's _Worker)
     print(REPLY + json.dumps(out), flush=True)
     for line in sys.stdin:
         cmd = line.strip()
-        print(REPLY + json.dumps(finish() if cmd == "end" else {"rate": rate(cmd)}), flush=True)
+        reply = finish() if cmd == "end" else {"cold_start_s": cold_start()} if cmd == "cold" else {"rate": rate(cmd)}
+        print(REPLY + json.dumps(reply), flush=True)
         if cmd == "end":
             break
     sys.exit(0)
@@ -309,8 +314,11 @@ def compare_model(path: str, args, llama_python: str | None) -> dict:
 def _compare_paired(entry: dict, cfg: dict, args, llama_python: str | None) -> dict:
     """Both engines loaded side by side in worker processes; each of the `reps` repetitions of a test runs
     on one engine, then at once on the other (the order alternating), and each pair gives a ratio. The
-    engines so meet the same spells of a shared machine, which swing the rates of runs minutes apart."""
+    engines so meet the same spells of a shared machine, which swing the rates of runs minutes apart.
+    Cold starts are paired the same way, args.cold_reps of them (the median kept)."""
     tests = [(kind, f"{kind}{n}") for kind, n in (("pp", args.n_prompt), ("tg", args.n_gen)) if n > 0]
+    cold_reps = args.cold_reps if cfg["cold_start"] else 0
+    cfg = dict(cfg, cold_start=False)        # asked for one at a time below, not at "end"
     workers = [_Worker(sys.executable, _LOCALLLM_SERVE, cfg)]
     try:
         if llama_python:
@@ -330,8 +338,15 @@ def _compare_paired(entry: dict, cfg: dict, args, llama_python: str | None) -> d
                             results[j]["idle_cpu_s"] += w.cpu_s() - before
             for r, rates in zip(results, samples):
                 _put_rates(r, test, rates)
-        for r, w in zip(results, workers):
+        colds = [[] for _ in workers]
+        for rep in range(cold_reps):
+            for i in (range(len(workers)) if rep % 2 == 0 else reversed(range(len(workers)))):
+                colds[i].append(workers[i].ask("cold")["cold_start_s"])
+        for r, w, c in zip(results, workers, colds):
             r.update(w.ask("end"))
+            if c:
+                r["cold_start_samples"] = c
+                r["cold_start_s"] = statistics.median(c) if None not in c else None
     finally:
         for w in workers:
             w.close()
@@ -356,6 +371,19 @@ def _pct(r: dict | None, test: str, limit: float) -> str:
 
 def _secs(r: dict | None, key: str) -> str:
     return "n/a" if not r or r.get(key) is None else f"{r[key]:.2f} s"
+
+
+def _cold_label(r: dict) -> str:
+    n = len(r.get("cold_start_samples") or [])
+    return f" (median of {n} launches each, alternating; range)" if n > 1 else ""
+
+
+def _cold(r: dict | None) -> str:
+    """The cold start, with the range of several (paired runs keep their median)."""
+    c = (r or {}).get("cold_start_samples") or []
+    if len(c) < 2 or None in c:
+        return _secs(r, "cold_start_s")
+    return f"{r['cold_start_s']:.2f} s ({min(c):.2f}-{max(c):.2f})"
 
 
 def format_report(report: dict) -> str:
@@ -391,8 +419,7 @@ def format_report(report: dict) -> str:
                   f"{m['decode_limit_tps']:.0f} t/s (the GGUF's bytes; localllm's repacked weights: "
                   f"{ours.get('decode_weight_bytes', 0) / 1e6:.1f} MB)",
                   f"load: localllm {_secs(ours, 'load_s')}, llama.cpp {_secs(ref, 'load_s')}; "
-                  f"cold start to first token: localllm {_secs(ours, 'cold_start_s')}, "
-                  f"llama.cpp {_secs(ref, 'cold_start_s')}; "
+                  f"cold start to first token{_cold_label(ours)}: localllm {_cold(ours)}, llama.cpp {_cold(ref)}; "
                   f"peak RSS: localllm {ours['peak_rss_mb']:.0f} MiB, "
                   f"llama.cpp {'n/a' if not ref else format(ref['peak_rss_mb'], '.0f') + ' MiB'}"]
         for test, per_pair in m.get("pair_ratios", {}).items():
@@ -433,6 +460,9 @@ def main(argv=None) -> int:
                    help="llama.cpp's flash attention: off is llama-bench's and llama-cpp-python's default; on "
                         "is what llama.cpp's own default (auto) picks on a CPU, as in llama-cli (default off)")
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold-start timing")
+    p.add_argument("--cold-reps", type=int, default=5,
+                   help="with --paired: timed cold starts of each engine, alternating; the median is kept "
+                        "(default 5; other runs time one per round)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = p.parse_args(argv)
     args.bandwidth_gbs, args.bandwidth = args.bandwidth, args.bandwidth * 1e9
@@ -442,6 +472,8 @@ def main(argv=None) -> int:
         p.error("--paired and --rounds do not combine: --paired pairs every repetition (raise --reps)")
     if args.n_depth < 0:
         p.error("--n-depth must be at least 0")
+    if args.cold_reps < 1:
+        p.error("--cold-reps must be at least 1")
     if args.threads is None:
         from localllm.threads import default_threads
         args.threads = default_threads()

@@ -97,13 +97,18 @@ def cold_start_s(model_path: str | os.PathLike, n_threads: int | None = None) ->
     environment): an installed package has its .pyc files, and compiling localllm's sources on every
     start would add ~0.1 s that no user pays.
     """
-    cmd = [sys.executable, "-c", _COLD_START.format(threads=repr(n_threads)), os.fspath(model_path)]
-    _time_to_first_line(cmd)
-    return _time_to_first_line(cmd)
+    return _time_to_first_line(_cold_start_cmd(model_path, n_threads), warm_up=True)
 
 
-def _time_to_first_line(cmd: list[str]) -> float:
-    """Seconds from starting `cmd` until it prints its first line; raises RuntimeError if it fails."""
+def _cold_start_cmd(model_path, n_threads) -> list[str]:
+    return [sys.executable, "-c", _COLD_START.format(threads=repr(n_threads)), os.fspath(model_path)]
+
+
+def _time_to_first_line(cmd: list[str], warm_up: bool = False) -> float:
+    """Seconds from starting `cmd` until it prints its first line (after one untimed launch if warm_up);
+    raises RuntimeError if it fails."""
+    if warm_up:
+        _time_to_first_line(cmd)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     t0 = time.perf_counter()
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as p:
@@ -188,6 +193,13 @@ class BenchSession:
             raise ValueError(f"unknown test {test!r} (pp or tg)")
         self._warm.add(test)
         return rate
+
+    def cold_start(self) -> float:
+        """One fresh process's time to its first token (see cold_start_s); the first call launches one
+        untimed before it, later calls only the timed one."""
+        t = _time_to_first_line(_cold_start_cmd(self.llm.path, self.n_threads), warm_up="cold" not in self._warm)
+        self._warm.add("cold")
+        return t
 
     def finish(self, cold_start: bool = True) -> dict:
         """This process's peak RSS and, if asked, the cold start of a fresh process (cold_start_s)."""

@@ -189,6 +189,20 @@ def test_cold_start_times_a_second_launch_with_bytecode_cache_allowed(monkeypatc
     assert all("PYTHONDONTWRITEBYTECODE" not in env and "PATH" in env for _, env in launches)
 
 
+def test_bench_session_cold_start_warms_up_once(tiny_model, monkeypatch):
+    """Paired runs time several cold starts: the first launch leaves the prompt cache as a user's earlier
+    run would and is not timed; every later call times one launch."""
+    import localllm.bench as bench
+
+    launches = []
+    monkeypatch.setattr(bench, "_time_to_first_line",
+                        lambda cmd, warm_up=False: launches.append((cmd, warm_up)) or 0.5)
+    s = bench.BenchSession(tiny_model, n_threads=1, n_prompt=8, n_gen=2)
+    assert s.cold_start() == 0.5 and s.cold_start() == 0.5
+    assert [w for _, w in launches] == [True, False]
+    assert launches[0][0][-1] == str(tiny_model) and launches[0][0] == launches[1][0]
+
+
 def test_compare_rounds_alternate_and_report_the_median_ratio(tiny_model, monkeypatch):
     """--rounds N runs the pair N times, the engine that goes first alternating; the table's ratio is the
     median of the rounds' ratios and the rates pool every round's samples."""
@@ -283,6 +297,7 @@ def test_compare_paired_alternates_each_repetition_and_reports_the_median_pair_r
     asked = []
     rates = {("localllm", "tg"): iter([100.0, 150.0, 90.0]), ("llama_cpp", "tg"): iter([50.0, 50.0, 60.0]),
              ("localllm", "pp"): iter([40.0] * 3), ("llama_cpp", "pp"): iter([20.0] * 3)}
+    colds = {"localllm": iter([0.9, 1.5, 0.8]), "llama_cpp": iter([1.2, 1.1, 2.0])}
 
     class FakeWorker:
         def __init__(self, python, script, cfg):
@@ -293,6 +308,8 @@ def test_compare_paired_alternates_each_repetition_and_reports_the_median_pair_r
             asked.append((self.engine, request))
             if request == "end":
                 return {"peak_rss_mb": 100.0, "cold_start_s": None}
+            if request == "cold":
+                return {"cold_start_s": next(colds[self.engine])}
             return {"rate": next(rates[self.engine, request])}
 
         def cpu_s(self):
@@ -302,13 +319,17 @@ def test_compare_paired_alternates_each_repetition_and_reports_the_median_pair_r
             asked.append((self.engine, "closed"))
 
     monkeypatch.setattr(compare, "_Worker", FakeWorker)
-    args = argparse.Namespace(threads=1, reps=3, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=True, rounds=1,
-                              bandwidth=28e9, llama_flash_attn="off", paired=True)
+    args = argparse.Namespace(threads=1, reps=3, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=False, rounds=1,
+                              bandwidth=28e9, llama_flash_attn="off", paired=True, cold_reps=3)
     entry = compare.compare_model(str(tiny_model), args, "/fake/python")
     tg = [a for a in asked if a[1] == "tg"]
     assert [e for e, _ in tg] == ["localllm", "llama_cpp", "llama_cpp", "localllm", "localllm", "llama_cpp"]
+    cold = [a for a in asked if a[1] == "cold"]
+    assert [e for e, _ in cold] == ["localllm", "llama_cpp", "llama_cpp", "localllm", "localllm", "llama_cpp"]
     assert asked[-4:] == [("localllm", "end"), ("llama_cpp", "end"), ("localllm", "closed"),
                           ("llama_cpp", "closed")]
+    assert entry["localllm"]["cold_start_s"] == 0.9 and entry["llama_cpp"]["cold_start_s"] == 1.2   # medians
+    assert entry["localllm"]["cold_start_samples"] == [0.9, 1.5, 0.8]
     assert entry["pair_ratios"] == {"pp16": [2.0, 2.0, 2.0], "tg4": [2.0, 3.0, 1.5]}
     assert entry["localllm"]["tg4_samples"] == [100.0, 150.0, 90.0]
     assert entry["localllm"]["idle_cpu_s"] == 0.0 and entry["llama_cpp"]["peak_rss_mb"] == 100.0
@@ -318,6 +339,8 @@ def test_compare_paired_alternates_each_repetition_and_reports_the_median_pair_r
     assert "paired repetitions" in text and "rounds:" not in text
     assert "2.00x" in text.split("| tg4")[1].split("\n")[0]          # the median pair, not 113.3 / 53.3
     assert "tg4 ratio per pair" in text and "2.00x, 3.00x, 1.50x; median 2.00x" in text
+    assert ("cold start to first token (median of 3 launches each, alternating; range): localllm 0.90 s "
+            "(0.80-1.50), llama.cpp 1.20 s (1.10-2.00)") in text
     with pytest.raises(SystemExit):
         compare.main([str(tiny_model), "--paired", "--rounds", "2"])
 
@@ -333,6 +356,7 @@ def test_compare_paired_worker_runs_localllm_one_repetition_per_request(tiny_mod
         assert w.info["model"] == "Tiny Bench" and w.info["load_s"] > 0
         assert w.ask("pp")["rate"] > 0 and w.ask("tg")["rate"] > 0 and w.ask("tg")["rate"] > 0
         assert w.cpu_s() > 0
+        assert 0 < w.ask("cold")["cold_start_s"] < 60
         end = w.ask("end")
         assert end["peak_rss_mb"] > 0 and end["cold_start_s"] is None
     finally:
@@ -360,6 +384,13 @@ class _Model:
 class Llama:
     def __init__(self, model_path, **kw):
         self._ctx, self._model = _Ctx(), _Model()
+        import os
+        if os.environ.get("FAKE_LLAMA_LOG"):
+            with open(os.environ["FAKE_LLAMA_LOG"], "a") as f:
+                f.write(model_path + "\\n")
+
+    def create_chat_completion(self, messages, **kw):
+        return iter([{"choices": [{"delta": {"content": "x"}}]}])
 
 def llama_model_get_vocab(m): return "vocab"
 def llama_vocab_n_tokens(v): return 100
@@ -392,6 +423,8 @@ def test_compare_llama_cpp_script_serves_and_runs_in_batch(tmp_path, tiny_model)
     assert len(out["pp16_samples"]) == 2 and len(out["tg4_samples"]) == 2 and out["cold_start_s"] is None
     monkey = pytest.MonkeyPatch()
     monkey.setenv("PYTHONPATH", str(tmp_path))
+    log = tmp_path / "launches.txt"
+    monkey.setenv("FAKE_LLAMA_LOG", str(log))
     try:
         w = compare._Worker(sys.executable, compare._LLAMA_CPP, dict(cfg, n_depth=8))
     finally:
@@ -399,6 +432,10 @@ def test_compare_llama_cpp_script_serves_and_runs_in_batch(tmp_path, tiny_model)
     try:
         assert w.info["llama_cpp_version"] == "fake" and w.info["n_depth"] == 8
         assert w.ask("tg")["rate"] > 0 and w.ask("pp")["rate"] > 0
+        assert len(log.read_text().splitlines()) == 1                  # the worker's own model
+        assert w.ask("cold")["cold_start_s"] > 0                       # an untimed launch, then the timed one
+        assert w.ask("cold")["cold_start_s"] > 0                       # the timed one only
+        assert log.read_text().splitlines() == [str(tiny_model)] * 4
         assert w.ask("end")["peak_rss_mb"] > 0
     finally:
         w.close()
