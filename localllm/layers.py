@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from .ggufio import TensorInfo
+from .threads import before_blas
 from .kernels.quantized import dequantize_rows, gather_rows, matmul_small, matvec
 from .kernels import avx2
 from .kernels.avx2 import dequantize_int8dot
@@ -90,6 +91,7 @@ class Linear:
         elif t <= SMALL_BATCH:
             matmul_small(self.type_id, self.raw, x, out)
         else:
+            before_blas()
             rows = max(PACK_ROWS, min(self.n_out, DEQUANT_CHUNK // self.n_in) // PACK_ROWS * PACK_ROWS)
             for r0 in range(0, self.n_out, rows):
                 r1 = min(self.n_out, r0 + rows)

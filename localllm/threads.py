@@ -57,24 +57,31 @@ def default_threads() -> int:
 
 
 def set_threads(n: int | None) -> int:
-    """Set Numba's thread count (None: default_threads()); returns the count in force.
-
-    Where the integer-dot kernels (VNNI or AVX2) run prefill, BLAS is left only matrices without an
-    integer layout (float formats), and its pool is limited to one thread: OpenBLAS workers spin for a
-    while after each call, and on the same cores as Numba's pool they halved the speed of every matrix
-    product after them (Qwen2.5 pp512: 165 -> 302 t/s on Zen 4 with VNNI, 100 -> 150 t/s on Zen 3 with
-    AVX2).
-    """
+    """Set Numba's thread count (None: default_threads()); returns the count in force."""
     import numba
-
-    from .kernels import avx2
 
     n = default_threads() if n is None else int(n)
     n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
-    if avx2.ENABLED:
-        limit_blas_threads(1)
     return n
+
+
+_blas_ready = False
+
+
+def before_blas() -> None:
+    """Called before localllm's first BLAS product (float-format matrices in prefill). Where the
+    integer-dot kernels (VNNI or AVX2) run the other products, BLAS's pool is limited to one thread:
+    OpenBLAS workers spin for a while after each call, and on the same cores as Numba's pool they halved
+    the speed of every matrix product after them (Qwen2.5 pp512: 165 -> 302 t/s on Zen 4 with VNNI, 100 ->
+    150 t/s on Zen 3 with AVX2). Done here rather than at load, as models of quantized matrices never call
+    BLAS, and threadpoolctl took 8-12 ms of a fresh process's start."""
+    global _blas_ready
+    if not _blas_ready:
+        _blas_ready = True
+        from .kernels import avx2
+        if avx2.ENABLED:
+            limit_blas_threads(1)
 
 
 def limit_blas_threads(n: int) -> None:

@@ -220,19 +220,3 @@ def test_tiny_model_prefill_and_decode_on_vnni(tmp_path, monkeypatch):
     for got in (batched, step):
         np.testing.assert_allclose(got, want, atol=tol)
         assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
-
-
-@needs_vnni
-def test_blas_limited_to_one_thread_beside_the_vnni_pool(tmp_path):
-    """With the VNNI kernels doing the matrix products, loading a model leaves BLAS one thread (its
-    spinning workers otherwise halve the speed of Numba's pool on the same cores)."""
-    from tinymodel import write_tiny_llama
-    path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=1)
-    code = ("import localllm, threadpoolctl\n"
-            f"localllm.load({str(path)!r}, n_ctx=32)\n"
-            "print([i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
-            "       if i['user_api'] == 'blas' and 'numpy' in i['filepath']])\n")   # the BLAS np.matmul calls
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCALLLM_KERNEL", "OPENBLAS_NUM_THREADS")}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip().splitlines()[-1] == "[1]"
