@@ -260,21 +260,21 @@ def has_llama_cpp(python: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def _put_rates(result: dict, test: str, rates: list[float]) -> None:
-    """A test's samples, their mean and sample sd, as the engines' scripts report them."""
-    result[test + "_samples"] = rates
-    result[test] = statistics.fmean(rates)
-    result[test + "_sd"] = statistics.stdev(rates) if len(rates) > 1 else 0.0
+def _turns(rep: int, n: int):
+    """The order in which n engines run repetition rep: forwards, then backwards, alternating."""
+    return range(n) if rep % 2 == 0 else reversed(range(n))
 
 
 def _merge_rounds(results: list[dict], tests: list[str]) -> dict:
     """One engine's results of several rounds as one: rates over every round's samples, and the median
     round's load time, cold start and peak RSS."""
+    from localllm.bench import put_rates
+
     merged = dict(results[0])
     for test in tests:
         samples = [x for r in results for x in r.get(test + "_samples", [])]
         if samples:
-            _put_rates(merged, test, samples)
+            put_rates(merged, test, samples)
     for key in ("load_s", "cold_start_s", "peak_rss_mb"):
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
@@ -294,7 +294,7 @@ def compare_model(path: str, args, llama_python: str | None) -> dict:
     ours, theirs = [], []
     for r in range(args.rounds):
         # alternate which engine goes first, so that a slow minute does not always fall on the same one
-        for engine in (("localllm", "llama_cpp") if r % 2 == 0 else ("llama_cpp", "localllm")):
+        for engine in (("localllm", "llama_cpp")[i] for i in _turns(r, 2)):
             if engine == "localllm":
                 ours.append(_run_json(sys.executable, _LOCALLLM, cfg))
             elif llama_python and "llama_cpp_error" not in entry:
@@ -316,6 +316,8 @@ def _compare_paired(entry: dict, cfg: dict, args, llama_python: str | None) -> d
     on one engine, then at once on the other (the order alternating), and each pair gives a ratio. The
     engines so meet the same spells of a shared machine, which swing the rates of runs minutes apart.
     Cold starts are paired the same way, args.cold_reps of them (the median kept)."""
+    from localllm.bench import put_rates
+
     tests = [(kind, f"{kind}{n}") for kind, n in (("pp", args.n_prompt), ("tg", args.n_gen)) if n > 0]
     cold_reps = args.cold_reps if cfg["cold_start"] else 0
     cfg = dict(cfg, cold_start=False)        # asked for one at a time below, not at "end"
@@ -330,17 +332,17 @@ def _compare_paired(entry: dict, cfg: dict, args, llama_python: str | None) -> d
         for kind, test in tests:
             samples = [[] for _ in workers]
             for rep in range(args.reps):
-                for i in (range(len(workers)) if rep % 2 == 0 else reversed(range(len(workers)))):
+                for i in _turns(rep, len(workers)):
                     waiting = [(j, w, w.cpu_s()) for j, w in enumerate(workers) if j != i]
                     samples[i].append(workers[i].ask(kind)["rate"])
                     for j, w, before in waiting:     # what the waiting engine used meanwhile (should be ~0)
                         if before is not None:
                             results[j]["idle_cpu_s"] += w.cpu_s() - before
             for r, rates in zip(results, samples):
-                _put_rates(r, test, rates)
+                put_rates(r, test, rates)
         colds = [[] for _ in workers]
         for rep in range(cold_reps):
-            for i in (range(len(workers)) if rep % 2 == 0 else reversed(range(len(workers)))):
+            for i in _turns(rep, len(workers)):
                 colds[i].append(workers[i].ask("cold")["cold_start_s"])
         for r, w, c in zip(results, workers, colds):
             r.update(w.ask("end"))

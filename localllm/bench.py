@@ -80,8 +80,11 @@ def decode_weight_bytes(llm) -> int:
     return 0 if f is None else int(f.qbuf.nbytes + f.sbuf.nbytes + f.obuf.nbytes)
 
 
-def _mean_sd(rates: list[float]) -> tuple[float, float]:
-    return statistics.fmean(rates), (statistics.stdev(rates) if len(rates) > 1 else 0.0)
+def put_rates(result: dict, test: str, rates: list[float]) -> None:
+    """A test's samples (result["pp512_samples"]), their mean (result["pp512"]) and sample sd."""
+    result[test + "_samples"] = rates
+    result[test] = statistics.fmean(rates)
+    result[test + "_sd"] = statistics.stdev(rates) if len(rates) > 1 else 0.0
 
 
 def cold_start_s(model_path: str | os.PathLike, n_threads: int | None = None) -> float:
@@ -202,10 +205,9 @@ class BenchSession:
         return t
 
     def finish(self, cold_start: bool = True) -> dict:
-        """This process's peak RSS and, if asked, the cold start of a fresh process (cold_start_s)."""
+        """This process's peak RSS and, if asked, the cold start of a fresh process (cold_start)."""
         _reset(self.llm)
-        return {"peak_rss_mb": _peak_rss_mb(),
-                "cold_start_s": cold_start_s(self.llm.path, self.n_threads) if cold_start else None}
+        return {"peak_rss_mb": _peak_rss_mb(), "cold_start_s": self.cold_start() if cold_start else None}
 
 
 def run_bench(model_path: str | os.PathLike, n_threads: int | None = None, reps: int = 5, n_prompt: int = 512,
@@ -220,9 +222,7 @@ def run_bench(model_path: str | os.PathLike, n_threads: int | None = None, reps:
     out = dict(s.info, reps=reps)
     for kind, n in (("pp", n_prompt), ("tg", n_gen)):
         if n > 0:
-            rates = [s.rate(kind) for _ in range(reps)]
-            out[f"{kind}{n}"], out[f"{kind}{n}_sd"] = _mean_sd(rates)
-            out[f"{kind}{n}_samples"] = rates
+            put_rates(out, f"{kind}{n}", [s.rate(kind) for _ in range(reps)])
     out.update(s.finish(cold_start))
     return out
 
