@@ -6,7 +6,7 @@ import pytest
 from numba import njit
 
 import localllm
-from localllm.kernels import avx2, decode, entry, quantized
+from localllm.kernels import avx2, decode, entry, quantized, vnni
 from localllm.kernels.repacked import R, matmul_packed, repack
 from localllm.quants import FORMATS, _load_all
 from test_quants import _quantized
@@ -77,9 +77,10 @@ def _tiles(n, q, xq, scale, offset, dv, cv, xsv, acc):
 
 
 @needs_avx2
-def test_the_prefill_tile_kernel_is_inlined():
+def test_the_prefill_tile_kernel_is_inlined(monkeypatch):
     """tile_v's kernel goes into the loop that calls it once a block: compiled as a function of its own
     and called there, prefill ran 10-25 % slower (avx2.py, above _ol_tile_v)."""
+    monkeypatch.setattr(vnni, "ENABLED", False)   # the AVX2 layout, on VNNI CPUs too
     fmt = FORMATS[3]                              # Q4_1: nibbles, offsets, float16 scales, one half
     pm = _packed(fmt, R, 256)
     assert avx2.matrix_variant(pm.kind, pm.scale, pm.offset, pm.n_cols) == _V_Q4_1
