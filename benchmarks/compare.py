@@ -25,7 +25,6 @@ if str(ROOT) not in sys.path:      # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 DEFAULT_LLAMA_PYTHON = "/work/refenv/bin/python"
-DEFAULT_BANDWIDTH = 28e9           # bytes/s of DRAM read bandwidth assumed for the decode limit
 
 _LOCALLLM = """
 import json, sys
@@ -282,6 +281,14 @@ def _merge_rounds(results: list[dict], tests: list[str]) -> dict:
     return merged
 
 
+def measure_bandwidth(threads: int) -> float:
+    """Bytes/s that `threads` threads read from memory (localllm.bench.read_bandwidth), in a fresh process
+    of this interpreter so that the 1 GiB buffer is gone before the engines load."""
+    code = f"from localllm.bench import read_bandwidth; print(read_bandwidth({int(threads)}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def compare_model(path: str, args, llama_python: str | None) -> dict:
     cfg = {"model": str(path), "threads": args.threads, "reps": args.reps, "n_prompt": args.n_prompt,
            "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0, "n_depth": args.n_depth,
@@ -397,7 +404,8 @@ def format_report(report: dict) -> str:
              + ("paired repetitions; " if report.get("paired") else f"rounds: {report.get('rounds', 1)}; ") +
              f"llama-cpp-python: {report['llama_cpp_version'] or 'not available'} "
              f"(flash attention {report.get('llama_flash_attn', 'off')}); "
-             f"decode limit at {bw:g} GB/s", ""]
+             f"decode limit at {bw:.3g} GB/s" + (f" (measured: {report['threads']} threads reading 1 GiB)"
+                                                   if report.get("bandwidth_measured") else ""), ""]
     for m in report["models"]:
         ours, ref = m["localllm"], m["llama_cpp"]
         lines += [f"## {Path(m['model']).name}", "", format_table(ours), ""]
@@ -417,7 +425,7 @@ def format_report(report: dict) -> str:
                   "llama.cpp % of limit"]
         lines.append(markdown_table(header, rows, right=set(header[1:])))
         lines += ["",
-                  f"decode limit: {bw:g} GB/s / {m['bytes_per_token'] / 1e6:.1f} MB read per token = "
+                  f"decode limit: {bw:.3g} GB/s / {m['bytes_per_token'] / 1e6:.1f} MB read per token = "
                   f"{m['decode_limit_tps']:.0f} t/s (the GGUF's bytes; localllm's repacked weights: "
                   f"{ours.get('decode_weight_bytes', 0) / 1e6:.1f} MB)",
                   f"load: localllm {_secs(ours, 'load_s')}, llama.cpp {_secs(ref, 'load_s')}; "
@@ -450,8 +458,9 @@ def main(argv=None) -> int:
                    help="run both tests after this many cached positions, as llama-bench -d (default 0)")
     p.add_argument("--llama-python", default=DEFAULT_LLAMA_PYTHON,
                    help=f"interpreter with llama-cpp-python (default {DEFAULT_LLAMA_PYTHON})")
-    p.add_argument("--bandwidth", type=float, default=DEFAULT_BANDWIDTH / 1e9,
-                   help="memory bandwidth in GB/s for the decode limit (default 28)")
+    p.add_argument("--bandwidth", type=float, default=None,
+                   help="memory bandwidth in GB/s for the decode limit (default: measured at the start, "
+                        "--threads threads reading 1 GiB)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the pair this many times, alternating which goes first; ratios are then the "
                         "median of the rounds' (default 1)")
@@ -467,13 +476,14 @@ def main(argv=None) -> int:
                         "(default 5; other runs time one per round)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = p.parse_args(argv)
-    args.bandwidth_gbs, args.bandwidth = args.bandwidth, args.bandwidth * 1e9
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     if args.paired and args.rounds > 1:
         p.error("--paired and --rounds do not combine: --paired pairs every repetition (raise --reps)")
     if args.n_depth < 0:
         p.error("--n-depth must be at least 0")
+    if args.bandwidth is not None and not args.bandwidth > 0:
+        p.error("--bandwidth must be a positive number of GB/s")
     if args.cold_reps < 1:
         p.error("--cold-reps must be at least 1")
     if args.threads is None:
@@ -483,6 +493,10 @@ def main(argv=None) -> int:
         if not Path(path).is_file():
             p.error(f"{path}: no such file")
 
+    measured = args.bandwidth is None
+    if measured:
+        args.bandwidth = measure_bandwidth(args.threads) / 1e9
+    args.bandwidth_gbs, args.bandwidth = args.bandwidth, args.bandwidth * 1e9
     version = has_llama_cpp(args.llama_python)
     if version is None:
         print(f"note: {args.llama_python} cannot import llama_cpp; measuring localllm only", file=sys.stderr)
@@ -490,7 +504,8 @@ def main(argv=None) -> int:
               "n_cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps, "rounds": args.rounds,
               "paired": args.paired,
               "n_prompt": args.n_prompt, "n_depth": args.n_depth,
-              "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs, "llama_cpp_version": version,
+              "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs, "bandwidth_measured": measured,
+              "llama_cpp_version": version,
               "llama_flash_attn": args.llama_flash_attn,
               "python": platform.python_version(), "models": []}
     for path in args.models:

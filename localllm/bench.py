@@ -87,6 +87,55 @@ def put_rates(result: dict, test: str, rates: list[float]) -> None:
     result[test + "_sd"] = statistics.stdev(rates) if len(rates) > 1 else 0.0
 
 
+_READ = None
+
+
+def _read_kernel():
+    """sum(a) over float32 a in compiled code that releases the GIL (a plain vectorized read: one
+    core streams 40+ GB/s with it on Zen 5, against ~10 with a prange reduction)."""
+    global _READ
+    if _READ is None:
+        from numba import njit
+
+        @njit(cache=True, nogil=True, fastmath=True)
+        def read_sum(a):
+            s = np.float32(0.0)
+            for i in range(a.shape[0]):
+                s += a[i]
+            return s
+        _READ = read_sum
+    return _READ
+
+
+def read_parts(parts: list[np.ndarray]) -> tuple[float, list[float]]:
+    """Reads each float32 array of `parts` in a thread of its own, all at once: (seconds, their sums)."""
+    import threading
+
+    kernel = _read_kernel()
+    sums = [0.0] * len(parts)
+
+    def one(i):
+        sums[i] = float(kernel(parts[i]))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(parts))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, sums
+
+
+def read_bandwidth(n_threads: int, n_bytes: int = 1 << 30, reps: int = 5) -> float:
+    """Memory read bandwidth in bytes/s: n_threads threads each summing its own contiguous part of a
+    float32 buffer of n_bytes (far larger than any L3), the best of `reps` passes after an untimed one.
+    What decode can at most stream; compare.py divides it by a model's bytes per token."""
+    a = np.ones(max(n_threads, n_bytes // 4), np.float32)
+    parts = np.array_split(a, n_threads)
+    read_parts(parts)
+    return a.nbytes / min(read_parts(parts)[0] for _ in range(reps))
+
+
 def cold_start_s(model_path: str | os.PathLike, n_threads: int | None = None) -> float:
     """Time to first token in a fresh process: `python -c` that imports localllm, loads the model and
     streams the reply to a short chat prompt, timed from the start of the process until it reports the

@@ -161,6 +161,45 @@ def test_compare_report_without_llama_cpp(result, tiny_model):
     assert f"localllm's repacked weights: {result['decode_weight_bytes'] / 1e6:.1f} MB" in text
 
 
+def test_read_parts_reads_every_part_in_its_own_thread():
+    """The bandwidth probe's kernel sums each part (so it reads every byte), the parts at once."""
+    from localllm.bench import read_bandwidth, read_parts
+
+    a = np.random.default_rng(0).random(1 << 20).astype(np.float32)
+    parts = np.array_split(a, 3)
+    secs, sums = read_parts(parts)
+    assert secs > 0
+    np.testing.assert_allclose(sums, [p.astype(np.float64).sum() for p in parts], rtol=1e-4)
+    assert 1e8 < read_bandwidth(2, n_bytes=16 << 20, reps=2) < 1e13
+
+
+def test_compare_measures_the_bandwidth_unless_given(monkeypatch, tiny_model):
+    """compare.py's decode limit uses the bandwidth measured at the start (a fresh process of the probe),
+    or --bandwidth; the report says which."""
+    compare = _compare_module()
+    bw = compare.measure_bandwidth(1)
+    assert 1e8 < bw < 1e13
+    seen, format_report = {}, compare.format_report
+    monkeypatch.setattr(compare, "measure_bandwidth", lambda threads: seen.setdefault("threads", threads) and 5e10)
+    monkeypatch.setattr(compare, "has_llama_cpp", lambda python: None)
+    monkeypatch.setattr(compare, "compare_model", lambda path, args, llama: seen.setdefault("bw", args.bandwidth))
+    monkeypatch.setattr(compare, "format_report", lambda report: seen.setdefault("report", report) and "")
+    compare.main([str(tiny_model), "--threads", "3"])
+    assert seen["threads"] == 3 and seen["bw"] == 5e10
+    assert seen["report"]["bandwidth_gbs"] == 50 and seen["report"]["bandwidth_measured"]
+    seen.clear()
+    compare.main([str(tiny_model), "--threads", "3", "--bandwidth", "20"])
+    assert "threads" not in seen and seen["bw"] == 20e9 and not seen["report"]["bandwidth_measured"]
+    with pytest.raises(SystemExit):
+        compare.main([str(tiny_model), "--bandwidth", "0"])
+    report = {"date": "2025-01-01T00:00:00+00:00", "cpu": "x", "threads": 2, "reps": 2, "n_prompt": 16,
+              "n_gen": 4, "bandwidth_gbs": 47.83, "bandwidth_measured": True, "llama_cpp_version": None,
+              "models": []}
+    assert "decode limit at 47.8 GB/s (measured: 2 threads reading 1 GiB)" in format_report(report)
+    report["bandwidth_measured"] = False
+    assert "decode limit at 47.8 GB/s\n" in format_report(report)
+
+
 def test_cold_start_times_a_second_launch_with_bytecode_cache_allowed(monkeypatch, tmp_path):
     """Python's .pyc files are what an installed package starts from, whatever the parent's setting."""
     import localllm.bench as bench
