@@ -56,6 +56,46 @@ def test_vnni_matches_references(fmt, n_rows, n_cols):
         np.testing.assert_allclose(out[-1], row, rtol=0, atol=1e-6 * np.abs(row).max())
 
 
+if vnni.AVAILABLE:
+    from numba import njit
+
+    def _tiles_of_width(lanes, tt=2):
+        """Rows 0..tt-1 against every row group, through a tile of `lanes` octets a vector."""
+        group = vnni._make_group(vnni._make_tile(tt, lanes), tt)
+
+        @njit
+        def run(mode, halves, corr, q, scale, offset, has_off, xq, xd, xqs, out):
+            dv, cv, xsv = np.empty(tt, np.float32), np.empty(2 * tt, np.int32), np.empty(2 * tt, np.float32)
+            acc = np.empty((tt, R), np.float32)
+            for g in range(q.shape[0]):
+                group(mode, halves, corr, g, 0, q, scale, offset, has_off, xq, xd, xqs, dv, cv, xsv, acc)
+                out[:, g * R:(g + 1) * R] = acc
+        return run
+
+
+@needs_vnni
+@pytest.mark.parametrize("fmt", [f for f in FMTS if f.name in ("Q4_1", "Q5_0", "Q6_K", "Q8_0", "Q4_K")],
+                         ids=lambda f: f.name)
+def test_512_bit_tiles_equal_256_bit_tiles(fmt):
+    """The kernel's 512-bit vectors (two row octets each) against its 256-bit form (one octet each, as
+    before 2026-12-08): the same integer dots and the same float operations a row, so bit for bit."""
+    raw = _quantized(fmt, R * 2, 512, seed=3)
+    pm, lay = _layout(fmt, raw)
+    x = np.random.default_rng(5).standard_normal((2, 512)).astype(np.float32)
+    xq, xd, xqs = avx2.quantized(x)
+    mode, lo = avx2.kind_mode_lo(lay.kind)
+    halves = avx2.n_groups.py_func(pm.scale) // xd.shape[1]
+    corr = vnni._corrections.py_func(mode, lo)
+    outs = []
+    for lanes in (1, 2):
+        out = np.full((2, R * 2), np.nan, np.float32)
+        _tiles_of_width(lanes)(mode, halves, corr, lay.q, pm.scale, pm.offset, pm.offset.shape[1] > 0, xq, xd, xqs,
+                               out)
+        outs.append(out)
+    assert not np.isnan(outs[1]).any()
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 @needs_vnni
 def test_extreme_codes_do_not_overflow():
     """Codes at both ends of their range (Q8_0's -128..127 flipped to u8) times |x_q| = 127 everywhere."""

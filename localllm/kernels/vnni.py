@@ -8,7 +8,7 @@ nibbles and shifted codes as they are; Q8_0's signed codes are flipped to u8 (w 
 128 * sum(x_q) taken off again, the correction the shifted modes already make (lo * sum(x_q)).
 
 One tile kernel serves both paths: TT activation rows against one 32x32 block, the weight vectors
-unpacked once per row octet and used for every row of the tile. Decode runs TT = 1 over the row
+unpacked once per pair of row octets and used for every row of the tile. Decode runs TT = 1 over the row
 groups in parallel; prefill quantizes the whole chunk's activations to int8 per 32 columns (as
 llama.cpp does for its batched integer dots) and runs TT = 8 tiles (the rows left over one at a time):
 110-180 GMAC/s on 2 Zen 4 cores for Qwen2.5's matrices (medians 0-25% above 4-row tiles in interleaved
@@ -22,8 +22,13 @@ exactly (the legacy formats' d and m are float16 in the file; the K-quants' d * 
 the kind's SCALE16 bit, uint16 arrays converted in the kernel (vcvtph2ps). Results are bit-identical to
 float32 scales, and Qwen2.5-0.5B's decode reads 415 MB instead of 439 MB a token.
 
-The vectors are 256-bit (AVX512VL forms): Zen 4 runs 512-bit ones as two halves, and the layout's
-octets are 32 bytes. Chosen where llvmlite reports avx512vnni and avx512vl and LLVM takes the VNNI
+The vectors are 512-bit: the layout's row octets are 32 bytes each, and a vector holds two of them
+(octets 2p and 2p + 1 joined as they load; their scales, offsets and accumulators are adjacent already),
+against the same broadcast activation quad. On the Zen 5 VM (2026-12-08), which runs 512-bit vectors at
+full width, that took pp512 from 555 to 697-756 tokens/s on Qwen2.5, 1473-1483 to 1851-1877 on Gemma 3
+and 1280 to 1580-1824 on SmolLM2 over 256-bit vectors (one octet each, `_make_tile(tt, lanes=1)`,
+alternating runs of `localllm bench`), and decode by 0-5 %. Zen 4 runs a 512-bit vector as two halves,
+so there it halves the instructions to issue, not the work. Chosen where llvmlite reports avx512vnni and avx512vl and LLVM takes the VNNI
 intrinsics' byte-vector operands (LLVM >= 22; older releases declared them on int32 vectors), unless
 LOCALLLM_KERNEL is `avx2` or `float`. The choice is data (the layout's `vnni` flag, in its kind), so
 both kernels stay testable on one machine. Numba's cache does not see edits to this module from the
@@ -58,6 +63,7 @@ def _host_has_vnni() -> bool:
 AVAILABLE = avx2.AVAILABLE and _host_has_vnni()          # compiled only when True
 ENABLED = AVAILABLE and avx2.ENABLED and os.environ.get("LOCALLLM_KERNEL", "auto").lower() != "avx2"
 
+LANES = 2              # row octets per vector: 512-bit vectors (see the module's docstring)
 TT = 8                 # activation rows per prefill tile (weights unpacked once for all of them)
 T_CHUNK = 256           # activation rows per pass over the matrix (256 x K int8 codes: about one core's L2)
 PAR_CHUNKS = avx2.PAR_CHUNKS
@@ -72,7 +78,16 @@ _V8H = ir.VectorType(ir.HalfType(), 8)
 _FAST = ("fast",)
 
 
-def _make_tile(tt: int):
+def _concat(builder, vs):
+    """One vector of the vectors vs (all of one type) side by side: <n x T> each -> <len(vs)*n x T>."""
+    while len(vs) > 1:
+        n = vs[0].type.count
+        mask = ir.Constant(ir.VectorType(_I32, 2 * n), list(range(2 * n)))
+        vs = [builder.shuffle_vector(vs[i], vs[i + 1], mask) for i in range(0, len(vs), 2)]
+    return vs[0]
+
+
+def _make_tile(tt: int, lanes: int = 1):
     """The LLVM IR kernel for tt activation rows x one 32-row, 32-column block of a matrix.
 
     tile(mode, halves, q, qat, xq, xat, xstride, scale, sat, sdat, offset, oat, odat, dv, cv, xsv, has_off, acc):
@@ -85,7 +100,18 @@ def _make_tile(tt: int):
     dv float32 (tt,) activation scale d per row, cv int32 (2*tt,) code-shift correction per row and
     half (lo * sum(x_q)), xsv float32 (2*tt,) d * sum(x_q) per row and half (for offsets),
     acc float32 (tt, 32) += the block's contribution.
+
+    lanes: row octets per vector: 1 (256-bit vectors, one octet each) or 2 (512-bit: octets 2p and
+    2p + 1 side by side, their 32-byte code vectors joined as they load; half the instructions where
+    the CPU runs 512-bit vectors at full width).
     """
+    nb = 32 * lanes                              # bytes per vector
+    v_i8, v_i16 = ir.VectorType(_I8, nb), ir.VectorType(ir.IntType(16), nb // 2)
+    v_i32, v_f = ir.VectorType(_I32, nb // 4), ir.VectorType(ir.FloatType(), nb // 4)
+    v_s8, v_s16, v_h = (ir.VectorType(_I8, nb // 4), ir.VectorType(ir.IntType(16), nb // 4),
+                        ir.VectorType(ir.HalfType(), nb // 4))
+    dot = "llvm.x86.avx512.vpdpbusd.256" if lanes == 1 else "llvm.x86.avx512.vpdpbusd.512"
+
     @intrinsic
     def tile(typingctx, mode, halves, q, qat, xq, xat, xstride, scale, sat, sdat, offset, oat, odat, dv, cv, xsv,
              has_off, acc):
@@ -101,20 +127,20 @@ def _make_tile(tt: int):
             qat64, xat64, xs64, sat64, oat64 = (i64(v) for v in (a_qat, a_xat, a_xs, a_sat, a_oat))
             sdat64, odat64 = i64(a_sdat), i64(a_odat)
             c64 = lambda n: ir.Constant(_I64, n)
-            lo4 = ir.Constant(_V32I8, [15] * 32)
-            sh4 = ir.Constant(_V32I8, [4] * 32)
-            flip = ir.Constant(_V32I8, [-128] * 32)
-            vdp = lambda acc, w, x: _x86(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I32, acc, w, x)
+            lo4 = ir.Constant(v_i8, [15] * nb)
+            sh4 = ir.Constant(v_i8, [4] * nb)
+            flip = ir.Constant(v_i8, [-128] * nb)
+            vdp = lambda acc, w, x: _x86(builder, dot, v_i32, acc, w, x)
             s16, o16 = (signature.args[i].dtype == types.uint16 for i in (7, 10))
             two = signature.args[7].dtype == types.int8
 
-            def fvec(ptr, at, half, dat=None):    # 8 scales (float32, float16 bits widened: vcvtph2ps, or d * sc)
+            def fvec(ptr, at, half, dat=None):    # 8*lanes scales (float32, float16 bits widened, or d * sc)
                 if two:
-                    sc = builder.sitofp(builder.sext(_vload(builder, ptr, at, _V8I8, 1), _V8I32), _V8F)
-                    return builder.fmul(_vload(builder, ptr, dat, _V8F, 4), sc)   # no fast flags: as at load
+                    sc = builder.sitofp(builder.sext(_vload(builder, ptr, at, v_s8, 1), v_i32), v_f)
+                    return builder.fmul(_vload(builder, ptr, dat, v_f, 4), sc)   # no fast flags: as at load
                 if half:
-                    return builder.fpext(builder.bitcast(_vload(builder, ptr, at, _V8I16, 1), _V8H), _V8F)
-                return _vload(builder, ptr, at, _V8F, 4)
+                    return builder.fpext(builder.bitcast(_vload(builder, ptr, at, v_s16, 1), v_h), v_f)
+                return _vload(builder, ptr, at, v_f, 4)
 
             def scalar(ptr, at):
                 return builder.load(builder.gep(ptr, [c64(at)]), align=4)
@@ -128,26 +154,37 @@ def _make_tile(tt: int):
             def xquad(xb, t, quad):               # 4 activation bytes broadcast to every 32-bit lane
                 at = builder.add(builder.add(xat64, builder.mul(xs64, c64(t))), c64(4 * quad))
                 p = builder.bitcast(builder.gep(xb, [at]), _I32.as_pointer())
-                return builder.bitcast(_splat(builder, builder.load(p, align=1), _V8I32), _V32I8)
+                return builder.bitcast(_splat(builder, builder.load(p, align=1), v_i32), v_i8)
 
-            def codes(mode, o):                   # the octet's 8 u8 code vectors, vector i pairs with quad i
-                base = builder.add(qat64, c64(o * OCTET_BYTES[mode]))
+            def load(mode, o, at):                # bytes at..at+31 of octets o..o+lanes-1, side by side
+                return _concat(builder, [_vload(builder, qp, builder.add(qat64, c64((o + k) * OCTET_BYTES[mode] + at)),
+                                                _V32I8, 1) for k in range(lanes)])
+
+            def high(mode, hvs, i):               # high_bits at this width
+                hv, at, mask = (hvs[0], i, 16) if mode == NIB5 else (hvs[i // 4], 2 * (i % 4), 48)
+                if at < 4:
+                    hv = builder.shl(hv, ir.Constant(v_i16, [4 - at] * (nb // 2)))
+                elif at > 4:
+                    hv = builder.lshr(hv, ir.Constant(v_i16, [at - 4] * (nb // 2)))
+                return builder.and_(builder.bitcast(hv, v_i8), ir.Constant(v_i8, [mask] * nb))
+
+            def codes(mode, o):                   # the octets' 8 u8 code vectors, vector i pairs with quad i
                 if mode == S8:
-                    ws = [_vload(builder, qp, builder.add(base, c64(32 * c)), _V32I8, 1) for c in range(8)]
-                    return [builder.xor(w, flip) for w in ws]
-                ws = [_vload(builder, qp, builder.add(base, c64(32 * v)), _V32I8, 1) for v in range(4)]
-                hvs = high_vectors(builder, mode, qp, base)
+                    return [builder.xor(load(mode, o, 32 * c), flip) for c in range(8)]
+                ws = [load(mode, o, 32 * v) for v in range(4)]
+                n_hi = 1 if mode == NIB5 else 2 if mode == NIB6 else 0
+                hvs = [builder.bitcast(load(mode, o, 128 + 32 * i), v_i16) for i in range(n_hi)]
                 out = []
                 for v, w in enumerate(ws):
                     pair = [builder.and_(w, lo4), builder.and_(builder.lshr(w, sh4), lo4)]
                     if hvs:
-                        pair = [builder.or_(p, high_bits(builder, mode, hvs, 2 * v + h)) for h, p in enumerate(pair)]
+                        pair = [builder.or_(p, high(mode, hvs, 2 * v + h)) for h, p in enumerate(pair)]
                     out += pair
                 return out
 
             def body(mode, halves, with_offsets):
                 quads_per_half = 8 // halves
-                for o in range(4):
+                for o in range(0, 4, lanes):
                     w = codes(mode, o)
                     xb = opaque(xp) if tt > 1 else xp
                     sv = [fvec(sp, builder.add(sat64, c64(32 * h + 8 * o)), s16, builder.add(sdat64, c64(32 * o)))
@@ -155,22 +192,22 @@ def _make_tile(tt: int):
                     ov = [fvec(op, builder.add(oat64, c64(32 * h + 8 * o)), o16, builder.add(odat64, c64(32 * o)))
                           for h in range(halves)] if with_offsets else []
                     for t in range(tt):
-                        accp = builder.bitcast(builder.gep(ap, [c64(32 * t + 8 * o)]), _V8F.as_pointer())
+                        accp = builder.bitcast(builder.gep(ap, [c64(32 * t + 8 * o)]), v_f.as_pointer())
                         a = builder.load(accp, align=4)
-                        d = _splat(builder, scalar(dp, t), _V8F)
+                        d = _splat(builder, scalar(dp, t), v_f)
                         for h in range(halves):
                             quads = range(h * quads_per_half, (h + 1) * quads_per_half)
-                            start = _splat(builder, scalar(cp, 2 * t + h), _V8I32)
+                            start = _splat(builder, scalar(cp, 2 * t + h), v_i32)
                             # two dependency chains per half keep the dot unit busy
-                            chains = [start, ir.Constant(_V8I32, [0] * 8)]
+                            chains = [start, ir.Constant(v_i32, [0] * (nb // 4))]
                             for n, i in enumerate(quads):
                                 chains[n & 1] = vdp(chains[n & 1], w[i], xquad(xb, t, i))
                             isum = builder.add(chains[0], chains[1])
-                            f = builder.sitofp(isum, _V8F)
+                            f = builder.sitofp(isum, v_f)
                             a = builder.fadd(a, builder.fmul(f, builder.fmul(sv[h], d, flags=_FAST), flags=_FAST),
                                              flags=_FAST)
                             if with_offsets:
-                                xs = _splat(builder, scalar(xsp, 2 * t + h), _V8F)
+                                xs = _splat(builder, scalar(xsp, 2 * t + h), v_f)
                                 a = builder.fadd(a, builder.fmul(ov[h], xs, flags=_FAST), flags=_FAST)
                         builder.store(a, accp, align=4)
 
@@ -224,8 +261,8 @@ if AVAILABLE:
         return group
 
     # one row (decode, and the rows of a chunk left over), TT rows (prefill tiles)
-    _group1 = _make_group(_make_tile(1), 1)
-    _groupT = _make_group(_make_tile(TT), TT)
+    _group1 = _make_group(_make_tile(1, LANES), 1)
+    _groupT = _make_group(_make_tile(TT, LANES), TT)
 
     @njit(cache=True, inline="always")
     def _groups1(mode, lo, q, scale, offset, xq, xd, xqs, out, g0, g1):
