@@ -294,8 +294,9 @@ def compare_model(path: str, args, llama_python: str | None) -> dict:
            "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0, "n_depth": args.n_depth,
            "flash_attn": args.llama_flash_attn == "on"}
     read, total = bytes_per_token(path)
+    bandwidth = args.bandwidth or measure_bandwidth(args.threads)      # measured just before this model's tests
     entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
-             "decode_limit_tps": args.bandwidth / read}
+             "bandwidth_gbs": bandwidth / 1e9, "decode_limit_tps": bandwidth / read}
     if args.paired:
         return _compare_paired(entry, cfg, args, llama_python)
     ours, theirs = [], []
@@ -398,14 +399,14 @@ def _cold(r: dict | None) -> str:
 def format_report(report: dict) -> str:
     from localllm.bench import format_table, markdown_table, test_label
 
-    bw = report["bandwidth_gbs"]
+    bw = report.get("bandwidth_gbs")
     lines = [f"# localllm vs llama.cpp, {report['date']}",
              f"CPU: {report['cpu']}; threads: {report['threads']}; reps: {report['reps']}; "
              + ("paired repetitions; " if report.get("paired") else f"rounds: {report.get('rounds', 1)}; ") +
              f"llama-cpp-python: {report['llama_cpp_version'] or 'not available'} "
-             f"(flash attention {report.get('llama_flash_attn', 'off')}); "
-             f"decode limit at {bw:.3g} GB/s" + (f" (measured: {report['threads']} threads reading 1 GiB)"
-                                                   if report.get("bandwidth_measured") else ""), ""]
+             f"(flash attention {report.get('llama_flash_attn', 'off')}); " +
+             (f"decode limit at {bw:.3g} GB/s" if bw else f"decode limit at the memory bandwidth measured "
+              f"before each model ({report['threads']} threads reading 1 GiB)"), ""]
     for m in report["models"]:
         ours, ref = m["localllm"], m["llama_cpp"]
         lines += [f"## {Path(m['model']).name}", "", format_table(ours), ""]
@@ -425,7 +426,8 @@ def format_report(report: dict) -> str:
                   "llama.cpp % of limit"]
         lines.append(markdown_table(header, rows, right=set(header[1:])))
         lines += ["",
-                  f"decode limit: {bw:.3g} GB/s / {m['bytes_per_token'] / 1e6:.1f} MB read per token = "
+                  f"decode limit: {m.get('bandwidth_gbs', bw):.3g} GB/s"
+                  f"{' (measured)' if not bw else ''} / {m['bytes_per_token'] / 1e6:.1f} MB read per token = "
                   f"{m['decode_limit_tps']:.0f} t/s (the GGUF's bytes; localllm's repacked weights: "
                   f"{ours.get('decode_weight_bytes', 0) / 1e6:.1f} MB)",
                   f"load: localllm {_secs(ours, 'load_s')}, llama.cpp {_secs(ref, 'load_s')}; "
@@ -459,7 +461,7 @@ def main(argv=None) -> int:
     p.add_argument("--llama-python", default=DEFAULT_LLAMA_PYTHON,
                    help=f"interpreter with llama-cpp-python (default {DEFAULT_LLAMA_PYTHON})")
     p.add_argument("--bandwidth", type=float, default=None,
-                   help="memory bandwidth in GB/s for the decode limit (default: measured at the start, "
+                   help="memory bandwidth in GB/s for the decode limit (default: measured before each model, "
                         "--threads threads reading 1 GiB)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the pair this many times, alternating which goes first; ratios are then the "
@@ -493,10 +495,9 @@ def main(argv=None) -> int:
         if not Path(path).is_file():
             p.error(f"{path}: no such file")
 
-    measured = args.bandwidth is None
-    if measured:
-        args.bandwidth = measure_bandwidth(args.threads) / 1e9
-    args.bandwidth_gbs, args.bandwidth = args.bandwidth, args.bandwidth * 1e9
+    args.bandwidth_gbs = args.bandwidth
+    if args.bandwidth is not None:
+        args.bandwidth *= 1e9
     version = has_llama_cpp(args.llama_python)
     if version is None:
         print(f"note: {args.llama_python} cannot import llama_cpp; measuring localllm only", file=sys.stderr)
@@ -504,7 +505,7 @@ def main(argv=None) -> int:
               "n_cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps, "rounds": args.rounds,
               "paired": args.paired,
               "n_prompt": args.n_prompt, "n_depth": args.n_depth,
-              "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs, "bandwidth_measured": measured,
+              "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs,
               "llama_cpp_version": version,
               "llama_flash_attn": args.llama_flash_attn,
               "python": platform.python_version(), "models": []}

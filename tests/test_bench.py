@@ -174,30 +174,35 @@ def test_read_parts_reads_every_part_in_its_own_thread():
 
 
 def test_compare_measures_the_bandwidth_unless_given(monkeypatch, tiny_model):
-    """compare.py's decode limit uses the bandwidth measured at the start (a fresh process of the probe),
-    or --bandwidth; the report says which."""
+    """compare.py's decode limit uses the bandwidth measured just before each model's tests (a fresh
+    process of the probe), or --bandwidth; the report says which."""
     compare = _compare_module()
     bw = compare.measure_bandwidth(1)
     assert 1e8 < bw < 1e13
-    seen, format_report = {}, compare.format_report
-    monkeypatch.setattr(compare, "measure_bandwidth", lambda threads: seen.setdefault("threads", threads) and 5e10)
+    seen, compare_model, format_report = {}, compare.compare_model, compare.format_report
+    measured = iter([5e10, 4e10])
+    monkeypatch.setattr(compare, "measure_bandwidth", lambda threads: seen.setdefault("threads", threads) and
+                        next(measured))
     monkeypatch.setattr(compare, "has_llama_cpp", lambda python: None)
-    monkeypatch.setattr(compare, "compare_model", lambda path, args, llama: seen.setdefault("bw", args.bandwidth))
+    monkeypatch.setattr(compare, "_run_json", lambda python, script, cfg: {"peak_rss_mb": 1.0})
     monkeypatch.setattr(compare, "format_report", lambda report: seen.setdefault("report", report) and "")
-    compare.main([str(tiny_model), "--threads", "3"])
-    assert seen["threads"] == 3 and seen["bw"] == 5e10
-    assert seen["report"]["bandwidth_gbs"] == 50 and seen["report"]["bandwidth_measured"]
+    compare.main([str(tiny_model), str(tiny_model), "--threads", "3", "--no-cold-start"])
+    first, second = seen["report"]["models"]
+    read = first["bytes_per_token"]
+    assert seen["threads"] == 3 and seen["report"]["bandwidth_gbs"] is None
+    assert (first["bandwidth_gbs"], second["bandwidth_gbs"]) == (50, 40)      # one measurement per model
+    assert first["decode_limit_tps"] == 5e10 / read and second["decode_limit_tps"] == 4e10 / read
+    text = format_report(seen["report"])
+    assert "decode limit at the memory bandwidth measured before each model (3 threads reading 1 GiB)" in text
+    assert f"decode limit: 50 GB/s (measured) / {read / 1e6:.1f} MB" in text
     seen.clear()
-    compare.main([str(tiny_model), "--threads", "3", "--bandwidth", "20"])
-    assert "threads" not in seen and seen["bw"] == 20e9 and not seen["report"]["bandwidth_measured"]
+    compare.main([str(tiny_model), "--threads", "3", "--bandwidth", "20", "--no-cold-start"])
+    (only,) = seen["report"]["models"]
+    assert "threads" not in seen and only["decode_limit_tps"] == 20e9 / read
+    text = format_report(seen["report"])
+    assert "decode limit at 20 GB/s\n" in text and "decode limit: 20 GB/s / " in text
     with pytest.raises(SystemExit):
         compare.main([str(tiny_model), "--bandwidth", "0"])
-    report = {"date": "2025-01-01T00:00:00+00:00", "cpu": "x", "threads": 2, "reps": 2, "n_prompt": 16,
-              "n_gen": 4, "bandwidth_gbs": 47.83, "bandwidth_measured": True, "llama_cpp_version": None,
-              "models": []}
-    assert "decode limit at 47.8 GB/s (measured: 2 threads reading 1 GiB)" in format_report(report)
-    report["bandwidth_measured"] = False
-    assert "decode limit at 47.8 GB/s\n" in format_report(report)
 
 
 def test_cold_start_times_a_second_launch_with_bytecode_cache_allowed(monkeypatch, tmp_path):
