@@ -97,6 +97,23 @@ def test_512_bit_tiles_equal_256_bit_tiles(fmt):
 
 
 @needs_vnni
+def test_only_the_one_row_tile_prefetches():
+    """Decode's tile (one activation row) asks for the lines vnni.PREFETCH bytes ahead of its block, one
+    prefetch a 64-byte line; prefill's tiles, which read each block again for every tile
+    of rows, do not."""
+    for tt, want in ((1, True), (2, False)):
+        run = _tiles_of_width(2, tt)
+        fmt = FORMATS[8]                                  # Q8_0: 1024 bytes a block, 16 lines
+        pm, lay = _layout(fmt, _quantized(fmt, R, 64, seed=1))
+        xq, xd, xqs = avx2.quantized(np.ones((tt, 64), np.float32))
+        run(avx2.S8, 1, -128, lay.q, pm.scale, pm.offset, False, xq, xd, xqs, np.empty((tt, R), np.float32))
+        (ir,) = run.inspect_llvm().values()
+        assert ("@llvm.prefetch" in ir) == want
+        if want:                                          # at least a block's 16 lines (Q8_0's body)
+            assert ir.count("call void @llvm.prefetch") >= 16
+
+
+@needs_vnni
 def test_extreme_codes_do_not_overflow():
     """Codes at both ends of their range (Q8_0's -128..127 flipped to u8) times |x_q| = 127 everywhere."""
     for mode, lo, hi in [(avx2.S8, -128, 127), (avx2.NIB6, -32, 31), (avx2.NIB5, -16, 15)]:
