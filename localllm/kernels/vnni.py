@@ -39,10 +39,10 @@ recompile.
 
 Decode streams each matrix once, block after block: the one-row tile prefetches the cache lines
 PREFETCH (8 KB) ahead of its block (a prefetch never faults, past the end of the array included). On
-the Zen 5 VM one thread's decode kernel over a 151 MB Q8_0 matrix went from 27-28 to 36-40 GB/s (a
+the Zen 5 VM one thread's decode kernel over a 151 MB Q8_0 matrix went from 27-28 to 40 GB/s (a
 plain read: 41), and tg128 from 369-390 to 486-495 tokens/s on SmolLM2 and from 135-138 to 149-154 on
 Qwen2.5 (Gemma 3: 166-228 against 167-176, the host's bandwidth moving; alternating `localllm bench`
-runs). 4 KB ahead gave 36-37 GB/s, 16 KB 36-40; a prefetch every other line, 30-32.
+runs). 4 KB ahead gave 36-37 GB/s, 16 KB 36; a prefetch every other line, 30-32.
 """
 from __future__ import annotations
 
