@@ -179,7 +179,7 @@ def test_compare_measures_the_bandwidth_unless_given(monkeypatch, tiny_model):
     compare = _compare_module()
     bw = compare.measure_bandwidth(1)
     assert 1e8 < bw < 1e13
-    seen, compare_model, format_report = {}, compare.compare_model, compare.format_report
+    seen, format_report = {}, compare.format_report
     measured = iter([5e10, 4e10])
     monkeypatch.setattr(compare, "measure_bandwidth", lambda threads: seen.setdefault("threads", threads) and
                         next(measured))

@@ -272,13 +272,16 @@ def high_vectors(builder, mode, qp, octet):
 
 
 def high_bits(builder, mode, hvs, i):
-    """The bits above the nibble of code vector i (NIB5: bit 4, NIB6: bits 4-5), at their place in each byte."""
+    """The bits above the nibble of code vector i (NIB5: bit 4, NIB6: bits 4-5), at their place in each byte;
+    hvs are <n x i16> bit vectors (n = 16, or 32 for vnni's 512-bit vectors), the result <2n x i8>."""
     hv, at, mask = (hvs[0], i, 16) if mode == NIB5 else (hvs[i // 4], 2 * (i % 4), 48)
+    n = hv.type.count
+    v16, v8 = ir.VectorType(_I16, n), ir.VectorType(_I8, 2 * n)
     if at < 4:
-        hv = builder.shl(hv, ir.Constant(_V16I16, [4 - at] * 16))
+        hv = builder.shl(hv, ir.Constant(v16, [4 - at] * n))
     elif at > 4:
-        hv = builder.lshr(hv, ir.Constant(_V16I16, [at - 4] * 16))
-    return builder.and_(builder.bitcast(hv, _V32I8), ir.Constant(_V32I8, [mask] * 32))
+        hv = builder.lshr(hv, ir.Constant(v16, [at - 4] * n))
+    return builder.and_(builder.bitcast(hv, v8), ir.Constant(v8, [mask] * (2 * n)))
 
 
 def _pair_sums(builder, prods, chunk):

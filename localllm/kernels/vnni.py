@@ -55,8 +55,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import avx2
-from .avx2 import (BLOCK, NIB5, NIB6, NIBBLES, OCTET_BYTES, ROWS, S8, _splat, _vload, _x86, high_bits, high_vectors,
-                   kind_mode_lo, n_groups, quantized, row_factors, scale_at)
+from .avx2 import (BLOCK, NIB5, NIB6, NIBBLES, OCTET_BYTES, ROWS, S8, _splat, _vload, _x86, high_bits, kind_mode_lo,
+                   n_groups, quantized, row_factors, scale_at)
 from .entry import lean_caches
 
 
@@ -82,11 +82,6 @@ PAR_CHUNKS = avx2.PAR_CHUNKS
 
 _I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _V32I8 = ir.VectorType(_I8, 32)
-_V8I32 = ir.VectorType(_I32, 8)
-_V8F = ir.VectorType(ir.FloatType(), 8)
-_V8I16 = ir.VectorType(ir.IntType(16), 8)
-_V8I8 = ir.VectorType(_I8, 8)
-_V8H = ir.VectorType(ir.HalfType(), 8)
 _FAST = ("fast",)
 
 
@@ -99,7 +94,7 @@ def _concat(builder, vs):
     return vs[0]
 
 
-def _make_tile(tt: int, lanes: int = 1):
+def _make_tile(tt: int, lanes: int = LANES):
     """The LLVM IR kernel for tt activation rows x one 32-row, 32-column block of a matrix.
 
     tile(mode, halves, q, qat, xq, xat, xstride, scale, sat, sdat, offset, oat, odat, dv, cv, xsv, has_off, acc):
@@ -172,14 +167,6 @@ def _make_tile(tt: int, lanes: int = 1):
                 return _concat(builder, [_vload(builder, qp, builder.add(qat64, c64((o + k) * OCTET_BYTES[mode] + at)),
                                                 _V32I8, 1) for k in range(lanes)])
 
-            def high(mode, hvs, i):               # high_bits at this width
-                hv, at, mask = (hvs[0], i, 16) if mode == NIB5 else (hvs[i // 4], 2 * (i % 4), 48)
-                if at < 4:
-                    hv = builder.shl(hv, ir.Constant(v_i16, [4 - at] * (nb // 2)))
-                elif at > 4:
-                    hv = builder.lshr(hv, ir.Constant(v_i16, [at - 4] * (nb // 2)))
-                return builder.and_(builder.bitcast(hv, v_i8), ir.Constant(v_i8, [mask] * nb))
-
             def codes(mode, o):                   # the octets' 8 u8 code vectors, vector i pairs with quad i
                 if mode == S8:
                     return [builder.xor(load(mode, o, 32 * c), flip) for c in range(8)]
@@ -190,7 +177,7 @@ def _make_tile(tt: int, lanes: int = 1):
                 for v, w in enumerate(ws):
                     pair = [builder.and_(w, lo4), builder.and_(builder.lshr(w, sh4), lo4)]
                     if hvs:
-                        pair = [builder.or_(p, high(mode, hvs, 2 * v + h)) for h, p in enumerate(pair)]
+                        pair = [builder.or_(p, high_bits(builder, mode, hvs, 2 * v + h)) for h, p in enumerate(pair)]
                     out += pair
                 return out
 
