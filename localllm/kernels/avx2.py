@@ -264,11 +264,22 @@ def _vload(builder, base, at, vty, align):
     return builder.load(builder.bitcast(builder.gep(base, [at]), vty.as_pointer()), align=align)
 
 
-def high_vectors(builder, mode, qp, octet):
-    """The bit vectors (<16 x i16>) of a row octet whose bytes start at qp[octet]: NIB5 one, NIB6 two."""
+def high_vectors(builder, mode, load):
+    """The bit vectors of a row octet: NIB5 one, NIB6 two, each the 32 bytes at 128 + 32 i of the octet.
+    load(at) gives the byte vector at byte `at` of the octet (vnni: of two octets side by side, <64 x i8>);
+    the result is <n x i16> of it."""
     n = 1 if mode == NIB5 else 2 if mode == NIB6 else 0
-    return [builder.bitcast(_vload(builder, qp, builder.add(octet, ir.Constant(_I64, 128 + 32 * i)), _V32I8, 1),
-                            _V16I16) for i in range(n)]
+    vs = [load(128 + 32 * i) for i in range(n)]
+    return [builder.bitcast(v, ir.VectorType(_I16, v.type.count // 2)) for v in vs]
+
+
+def prefetch_lines(builder, base, at, n_bytes):
+    """Prefetch (read, into every cache level) each 64-byte line of the bytes base[at:at + n_bytes]."""
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [base.type, _I32, _I32, _I32]), "llvm.prefetch.p0")
+    for line in range(0, n_bytes, 64):
+        ptr = builder.gep(base, [builder.add(at, ir.Constant(_I64, line))])
+        builder.call(fn, [ptr] + [ir.Constant(_I32, v) for v in (0, 3, 1)])
 
 
 def high_bits(builder, mode, hvs, i):
@@ -340,7 +351,6 @@ def _make_rows(mode: int, halves: int, offsets: bool | None = None):
             form = _scale_form(signature.args[5])
             lo4 = ir.Constant(_V32I8, [15] * 32)
             sh4 = ir.Constant(_V32I8, [4] * 32)
-            ones = ir.Constant(_V16I16, [1] * 16)
             if form == TWO:     # two levels: block b's plane and group are carried from block to block
                 plane_bytes = builder.mul(shape(5, 2), c64(ROWS))
                 plane0 = builder.mul(builder.mul(g64, shape(5, 1)), plane_bytes)
@@ -351,9 +361,6 @@ def _make_rows(mode: int, halves: int, offsets: bool | None = None):
             accs = [cgutils.alloca_once(builder, _V8F) for _ in range(4)]       # LLVM keeps them in registers
             for a in accs:
                 builder.store(ir.Constant(_V8F, [0.0] * 8), a)
-            if prefetch:
-                pf = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), [qp.type, _I32, _I32, _I32]), "llvm.prefetch.p0")
 
             def block(b, with_offsets):
                 qb = builder.add(qat64, builder.mul(b, c64(4 * octet_bytes)))
@@ -368,9 +375,7 @@ def _make_rows(mode: int, halves: int, offsets: bool | None = None):
                 else:
                     sat = dat = builder.add(s0, builder.mul(b, c64(ROWS * halves)))
                 if prefetch:
-                    for line in range(0, 4 * octet_bytes, 64):
-                        at = builder.gep(qp, [builder.add(qb, c64(prefetch + line))])
-                        builder.call(pf, [at, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                    prefetch_lines(builder, qp, builder.add(qb, c64(prefetch)), 4 * octet_bytes)
                 xv = []                 # the block's activation quads, 4 bytes broadcast to every 32-bit lane
                 for c in range(8):
                     p = builder.gep(xp, [builder.add(builder.mul(b, c64(BLOCK)), c64(4 * c))])
@@ -379,7 +384,7 @@ def _make_rows(mode: int, halves: int, offsets: bool | None = None):
                 dv = _splat(builder, d, _V8F)
                 for o in range(4):
                     ob = builder.add(qb, c64(o * octet_bytes))
-                    hvs = high_vectors(builder, mode, qp, ob)
+                    hvs = high_vectors(builder, mode, lambda at: _vload(builder, qp, builder.add(ob, c64(at)), _V32I8, 1))
                     a = builder.load(accs[o])
                     for h in range(halves):
                         prods = []
@@ -480,7 +485,7 @@ def _make_tile(mode: int, halves: int, offsets: bool | None = None):
                 base = builder.add(qat64, c64(o * octet_bytes))
                 if mode == S8:
                     return [_vload(builder, qp, builder.add(base, c64(32 * c)), _V32I8, 1) for c in range(8)]
-                hvs = high_vectors(builder, mode, qp, base)
+                hvs = high_vectors(builder, mode, lambda at: _vload(builder, qp, builder.add(base, c64(at)), _V32I8, 1))
                 out = []
                 for v in range(4):
                     w = _vload(builder, qp, builder.add(base, c64(32 * v)), _V32I8, 1)

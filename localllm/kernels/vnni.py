@@ -38,7 +38,8 @@ the cached functions that call it; entry.LeanCache's key adds a digest of every 
 recompile.
 
 Decode streams each matrix once, block after block: the one-row tile prefetches the cache lines
-PREFETCH (8 KB) ahead of its block (a prefetch never faults, past the end of the array included). On
+PREFETCH (8 KB) ahead of its block (avx2.prefetch_lines, as the AVX2 decode kernel does 1-2 KB ahead;
+a prefetch never faults, past the end of the array included). On
 the Zen 5 VM one thread's decode kernel over a 151 MB Q8_0 matrix went from 27-28 to 40 GB/s (a
 plain read: 41), and tg128 from 369-390 to 486-495 tokens/s on SmolLM2 and from 135-138 to 149-154 on
 Qwen2.5 (Gemma 3: 166-228 against 167-176, the host's bandwidth moving; alternating `localllm bench`
@@ -51,12 +52,11 @@ import os
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import avx2
-from .avx2 import (BLOCK, NIB5, NIB6, NIBBLES, OCTET_BYTES, ROWS, S8, _splat, _vload, _x86, high_bits, kind_mode_lo,
-                   n_groups, quantized, row_factors, scale_at)
+from .avx2 import (BLOCK, NIB5, NIB6, NIBBLES, OCTET_BYTES, ROWS, S8, _splat, _vload, _x86, high_bits, high_vectors,
+                   kind_mode_lo, n_groups, prefetch_lines, quantized, row_factors, scale_at)
 from .entry import lean_caches
 
 
@@ -74,7 +74,7 @@ def _host_has_vnni() -> bool:
 AVAILABLE = avx2.AVAILABLE and _host_has_vnni()          # compiled only when True
 ENABLED = AVAILABLE and avx2.ENABLED and os.environ.get("LOCALLLM_KERNEL", "auto").lower() != "avx2"
 
-PREFETCH = 8192       # decode: bytes ahead of a block that its tile asks the cache for, a line at a time
+PREFETCH = 8192       # decode: bytes ahead of its block that the one-row tile prefetches (as avx2.PREFETCH)
 LANES = 2              # row octets per vector: 512-bit vectors (see the module's docstring)
 TT = 8                 # activation rows per prefill tile (weights unpacked once for all of them)
 T_CHUNK = 256           # activation rows per pass over the matrix (256 x K int8 codes: about one core's L2)
@@ -113,7 +113,7 @@ def _make_tile(tt: int, lanes: int = LANES):
     the CPU runs 512-bit vectors at full width).
     """
     nb = 32 * lanes                              # bytes per vector
-    v_i8, v_i16 = ir.VectorType(_I8, nb), ir.VectorType(ir.IntType(16), nb // 2)
+    v_i8 = ir.VectorType(_I8, nb)
     v_i32, v_f = ir.VectorType(_I32, nb // 4), ir.VectorType(ir.FloatType(), nb // 4)
     v_s8, v_s16, v_h = (ir.VectorType(_I8, nb // 4), ir.VectorType(ir.IntType(16), nb // 4),
                         ir.VectorType(ir.HalfType(), nb // 4))
@@ -171,8 +171,7 @@ def _make_tile(tt: int, lanes: int = LANES):
                 if mode == S8:
                     return [builder.xor(load(mode, o, 32 * c), flip) for c in range(8)]
                 ws = [load(mode, o, 32 * v) for v in range(4)]
-                n_hi = 1 if mode == NIB5 else 2 if mode == NIB6 else 0
-                hvs = [builder.bitcast(load(mode, o, 128 + 32 * i), v_i16) for i in range(n_hi)]
+                hvs = high_vectors(builder, mode, lambda at: load(mode, o, at))
                 out = []
                 for v, w in enumerate(ws):
                     pair = [builder.and_(w, lo4), builder.and_(builder.lshr(w, sh4), lo4)]
@@ -181,19 +180,10 @@ def _make_tile(tt: int, lanes: int = LANES):
                     out += pair
                 return out
 
-            def prefetch(mode):                   # the one-row tile (decode) streams: ask for what comes next
-                if tt != 1:
-                    return
-                fn = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]),
-                    "llvm.prefetch.p0")
-                for k in range(0, 4 * OCTET_BYTES[mode], 64):     # read, keep in all levels, data
-                    at = builder.gep(qp, [builder.add(qat64, c64(PREFETCH + k))])
-                    builder.call(fn, [builder.bitcast(at, _I8.as_pointer())] + [ir.Constant(_I32, v) for v in (0, 3, 1)])
-
             def body(mode, halves, with_offsets):
                 quads_per_half = 8 // halves
-                prefetch(mode)
+                if tt == 1:                       # decode streams the matrix: ask for what comes next
+                    prefetch_lines(builder, qp, builder.add(qat64, c64(PREFETCH)), 4 * OCTET_BYTES[mode])
                 for o in range(0, 4, lanes):
                     w = codes(mode, o)
                     xb = opaque(xp) if tt > 1 else xp
