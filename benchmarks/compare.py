@@ -294,7 +294,8 @@ def compare_model(path: str, args, llama_python: str | None) -> dict:
            "n_gen": args.n_gen, "cold_start": not args.no_cold_start, "seed": 0, "n_depth": args.n_depth,
            "flash_attn": args.llama_flash_attn == "on"}
     read, total = bytes_per_token(path)
-    bandwidth = args.bandwidth or measure_bandwidth(args.threads)      # measured just before this model's tests
+    # bytes/s: --bandwidth (GB/s), or measured just before this model's tests
+    bandwidth = args.bandwidth * 1e9 if args.bandwidth else measure_bandwidth(args.threads)
     entry = {"model": str(path), "bytes_per_token": read, "tensor_bytes": total,
              "bandwidth_gbs": bandwidth / 1e9, "decode_limit_tps": bandwidth / read}
     if args.paired:
@@ -495,9 +496,6 @@ def main(argv=None) -> int:
         if not Path(path).is_file():
             p.error(f"{path}: no such file")
 
-    args.bandwidth_gbs = args.bandwidth
-    if args.bandwidth is not None:
-        args.bandwidth *= 1e9
     version = has_llama_cpp(args.llama_python)
     if version is None:
         print(f"note: {args.llama_python} cannot import llama_cpp; measuring localllm only", file=sys.stderr)
@@ -505,7 +503,7 @@ def main(argv=None) -> int:
               "n_cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps, "rounds": args.rounds,
               "paired": args.paired,
               "n_prompt": args.n_prompt, "n_depth": args.n_depth,
-              "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth_gbs,
+              "n_gen": args.n_gen, "bandwidth_gbs": args.bandwidth,
               "llama_cpp_version": version,
               "llama_flash_attn": args.llama_flash_attn,
               "python": platform.python_version(), "models": []}

@@ -266,7 +266,7 @@ def test_compare_rounds_alternate_and_report_the_median_ratio(tiny_model, monkey
 
     monkeypatch.setattr(compare, "_run_json", fake_run)
     args = argparse.Namespace(threads=1, reps=1, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=True, rounds=3,
-                              bandwidth=28e9, llama_flash_attn="off", paired=False)
+                              bandwidth=28.0, llama_flash_attn="off", paired=False)
     entry = compare.compare_model(str(tiny_model), args, "/fake/python")
     assert calls == ["localllm", "llama_cpp", "llama_cpp", "localllm", "localllm", "llama_cpp"]
     assert entry["round_ratios"]["tg4"] == [2.0, 3.0, 1.5]
@@ -297,7 +297,7 @@ def test_compare_llama_flash_attn_reaches_llama_cpp(tiny_model, monkeypatch):
     for setting, want in (("on", True), ("off", False)):
         seen.clear()
         args = argparse.Namespace(threads=1, reps=1, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=True, rounds=1,
-                                  bandwidth=28e9, llama_flash_attn=setting, paired=False)
+                                  bandwidth=28.0, llama_flash_attn=setting, paired=False)
         compare.compare_model(str(tiny_model), args, "/fake/python")
         assert seen == [want, want]
     assert "flash_attn=fa)" in compare._LLAMA_CPP and "flash_attn={fa}); " in compare._LLAMA_CPP
@@ -364,7 +364,7 @@ def test_compare_paired_alternates_each_repetition_and_reports_the_median_pair_r
 
     monkeypatch.setattr(compare, "_Worker", FakeWorker)
     args = argparse.Namespace(threads=1, reps=3, n_prompt=16, n_gen=4, n_depth=0, no_cold_start=False, rounds=1,
-                              bandwidth=28e9, llama_flash_attn="off", paired=True, cold_reps=3)
+                              bandwidth=28.0, llama_flash_attn="off", paired=True, cold_reps=3)
     entry = compare.compare_model(str(tiny_model), args, "/fake/python")
     tg = [a for a in asked if a[1] == "tg"]
     assert [e for e, _ in tg] == ["localllm", "llama_cpp", "llama_cpp", "localllm", "localllm", "llama_cpp"]
